@@ -1,0 +1,30 @@
+"""The main job on the bundled example model (stories260K): what `make run` shows.
+
+Each stage of the camelid path appends its step here as it lands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = HERE / "stories260K"
+OUT = HERE.parent / "out" / "demo"
+
+
+def main() -> int:
+    from camelid.cli import main as camelid
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    steps: list[list[str]] = []
+    for step in steps:
+        print("$ camelid " + " ".join(step), flush=True)
+        rc = camelid(step)
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""camelid: recover, quantize, run, serve, evaluate and release LLaMA-family models."""
+
+from camelid.errors import CamelidError, CheckpointError
+
+__version__ = "0.1.0"
+
+__all__ = ["CamelidError", "CheckpointError", "__version__"]

@@ -1,0 +1,201 @@
+"""Open a model folder (local path or Hub repo id) and read its tensors lazily, one at a time.
+
+Reads go through short-lived file handles rather than one long-lived mmap: a mapping that stays
+open keeps every page it touched in the process' RSS, so streaming a 30 GB model through one would
+look (and, under memory pressure, behave) like loading it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from camelid.errors import CheckpointError
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def resolve_model_dir(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub repo id downloaded (or found in the cache) at `revision`.
+
+    `revision` is a branch, tag or commit: GPTQ repos publish one branch per parameter set.
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"--revision {revision!r} applies to Hub repos, but {path} is a local folder")
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; expected a model folder")
+    repo_id = str(path_or_repo)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise CheckpointError(f"model folder not found: {path}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"revision {revision!r} not found in Hub repo {repo_id}") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hub repo {repo_id} not found (or it is private: log in with `hf auth login`)") from e
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"cannot reach the Hugging Face Hub to download {repo_id}"
+            f"{'@' + revision if revision else ''}, and it is not in the local cache. "
+            "Download it on a connected machine or pass a local folder."
+        ) from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"downloading {repo_id}{'@' + revision if revision else ''} failed: {e}") from e
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
+    # Parse the header ourselves (8-byte length + JSON) to learn names/shapes without mapping data,
+    # and check the offsets against the file size so a truncated download is named up front.
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{file}: truncated safetensors file (no header)")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                raise CheckpointError(f"{file}: corrupt or truncated safetensors header")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from e
+    except FileNotFoundError as e:
+        raise CheckpointError(f"missing weight file {file}") from e
+    header.pop("__metadata__", None)
+    end = 0
+    infos = {}
+    for name, meta in header.items():
+        if meta.get("dtype") not in _ST_DTYPES:
+            raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
+        infos[name] = TensorInfo(name, _ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), file)
+        end = max(end, meta["data_offsets"][1])
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{file}: truncated or corrupt safetensors file (header expects {8 + n + end} bytes, file has {size})"
+        )
+    return infos
+
+
+def _load_bin(file: Path) -> dict[str, torch.Tensor]:
+    """Load a PyTorch .bin shard without ever running pickled code: plain tensors only."""
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"missing weight file {file}") from e
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"{file}: refused to load: not a plain PyTorch tensor file ({str(e).splitlines()[0]})"
+        ) from e
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{file}: refused to load: expected a dict of name -> tensor, got {type(obj).__name__}")
+    return obj
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    for index_name in (SAFE_INDEX, BIN_INDEX):
+        index = model_dir / index_name
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{index}: corrupt index ({e})") from e
+            return [model_dir / f for f in dict.fromkeys(weight_map.values())]
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{model_dir}: no weights found (*.safetensors or pytorch_model*.bin)")
+    return files
+
+
+class Checkpoint:
+    """A model folder: its config and a name -> TensorInfo map; tensors are read on demand."""
+
+    def __init__(self, model_dir: Path):
+        self.dir = model_dir
+        config = model_dir / "config.json"
+        try:
+            self.config: dict = json.loads(config.read_text())
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{model_dir}: missing config.json") from e
+        except ValueError as e:
+            raise CheckpointError(f"{config}: invalid JSON ({e})") from e
+        self.tensors: dict[str, TensorInfo] = {}
+        for file in _weight_files(model_dir):
+            if file.suffix == ".safetensors":
+                infos = _safetensors_infos(file)
+            else:
+                infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), file) for k, v in _load_bin(file).items()}
+            for name in infos:
+                if name in self.tensors:
+                    raise CheckpointError(f"tensor {name} appears in both {self.tensors[name].file} and {file}")
+            self.tensors.update(infos)
+        self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        """Tensor `name` (or rows `rows` of it along dim 0), as a fresh tensor owned by the caller."""
+        try:
+            info = self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.dir}: no tensor named {name}") from None
+        if info.file.suffix == ".safetensors":
+            try:
+                with safe_open(info.file, framework="pt") as f:
+                    if rows is None:
+                        return f.get_tensor(name).clone()
+                    return f.get_slice(name)[rows].clone()
+            except SafetensorError as e:
+                raise CheckpointError(f"{info.file}: cannot read tensor {name} ({e})") from e
+        if self._bin_cache is None or self._bin_cache[0] != info.file:
+            self._bin_cache = (info.file, _load_bin(info.file))
+        t = self._bin_cache[1][name]
+        return (t if rows is None else t[rows]).clone()
+
+    def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.tensors if names is None else names:
+            yield name, self.read(name)
+
+
+def open_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+    return Checkpoint(resolve_model_dir(path_or_repo, revision))
