@@ -10,6 +10,8 @@ from safetensors.torch import save_file
 
 from camelid.quant.pack import pack_qweight, pack_qzeros
 
+STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
+
 
 def random_gptq_layer(n_in: int, n_out: int, bits: int, group_size: int, act_order: bool, sym: bool, v1: bool,
                       seed: int = 0) -> dict[str, torch.Tensor]:
@@ -87,7 +89,7 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
                           config_overrides: dict | None = None) -> dict[str, torch.Tensor]:
     """A random tiny Llama as a GPTQ checkpoint (RTN). Returns the dense reference state dict, in which
     every quantized weight is replaced by its dequantized value, so a plain model loaded from it is the
-    exact reference. Linears whose name contains a `skip` entry stay fp16."""
+    exact reference. The tokenizer is stories260K's (same 512-token vocabulary). Linears whose name contains a `skip` entry stay fp16."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from camelid.quant.pack import dequantize
@@ -97,6 +99,8 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
     model = LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.float16)
     dense, tensors = {}, {}
     for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg["tie_word_embeddings"]:
+            continue
         prefix = name.removesuffix(".weight")
         if name.endswith(".weight") and prefix.split("layers.")[-1].split(".", 1)[-1] in LINEARS \
                 and not any(s in name for s in skip):
@@ -115,4 +119,6 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
     cfg["quantization_config"] = qcfg
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
+    for name in ("tokenizer.model", "tokenizer_config.json"):  # stories260K's 512-token vocab fits
+        (out / name).write_bytes((STORIES / name).read_bytes())
     return dense
