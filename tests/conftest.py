@@ -11,3 +11,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data not found at {path}; set CAMELID_SHARED_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def gptqmodel_checkpoint(tmp_path_factory) -> Path:
+    """A tiny Llama quantized by GPTQModel (4-bit, g32, asym, act order), made once per session."""
+    pytest.importorskip("gptqmodel")
+    from tests.helpers import quantize_with_gptqmodel, write_tiny_llama
+
+    root = tmp_path_factory.mktemp("gptqmodel")
+    return quantize_with_gptqmodel(write_tiny_llama(root / "base"), root / "quantized")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -122,3 +123,30 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
     for name in ("tokenizer.model", "tokenizer_config.json"):  # stories260K's 512-token vocab fits
         (out / name).write_bytes((STORIES / name).read_bytes())
     return dense
+
+
+def write_tiny_llama(out: Path, seed: int = 0, **overrides) -> Path:
+    """A random tiny fp16 Llama in Hugging Face format, with stories260K's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(**tiny_llama_config(**overrides))).to(torch.float16).save_pretrained(out)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (out / name).write_bytes((STORIES / name).read_bytes())
+    return out
+
+
+def quantize_with_gptqmodel(base: Path, out: Path, bits: int = 4, group_size: int = 32, desc_act: bool = True,
+                            sym: bool = False, samples: int = 4) -> Path:
+    """GPTQ-quantize `base` with GPTQModel itself (random-token calibration: the format is what is tested)."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    model = GPTQModel.load(str(base), QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym,
+                                                     offload_to_disk=False))
+    g = torch.Generator().manual_seed(0)
+    calib = [{"input_ids": torch.randint(3, 512, (32,), generator=g).tolist(), "attention_mask": [1] * 32}
+             for _ in range(samples)]
+    model.quantize(calib, batch_size=1)
+    model.save(str(out))
+    return out
