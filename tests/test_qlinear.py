@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from camelid.errors import CamelidError
-from camelid.quant.pack import dequantize
+from camelid.quant.pack import dequantize, pack_qweight, unpack_qweight
 from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
 from tests.helpers import random_gptq_layer
@@ -47,6 +47,14 @@ def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order):
                 assert "int4" in tested
             if group_size == -1:
                 assert "int8" in tested
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_chunked_unpack_equals_pack_unpack(bits):
+    q = torch.randint(0, 2**bits, (320, 64), dtype=torch.int32)
+    qweight = pack_qweight(q, bits)
+    assert torch.equal(K._unpack_in_chunks(qweight, bits, rows=64), unpack_qweight(qweight, bits))
+    assert torch.equal(K._unpack_in_chunks(qweight, bits, rows=96), q)
 
 
 def test_act_order_rows_sorted_once_and_activations_permuted():

@@ -1,0 +1,326 @@
+"""Batch-1 CPU decode and prefill speed: camelid 4-bit vs Transformers (fp32, bf16, + GPTQModel) and llama.cpp.
+
+The model is a Llama with two Llama-7B-shaped layers (hidden 4096, intermediate 11008, 32 heads, vocab
+32000, untied head) and random weights. From one fp16 checkpoint the script writes
+- a GPTQ checkpoint, 4-bit, group 128, symmetric, v1 format, RTN (round-to-nearest: speed does not depend
+  on how the codes were chosen), lm_head quantized as well (GPTQModel's `lm_head: true`), and
+- a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), Q/K rows permuted as llama.cpp's
+  converter does, tokenizer from the LLaMA-2 tokenizer.model (shared data, never copied into the repo),
+so every quantized contender runs the same weights at ~4.5 bits. Each contender runs in its own
+subprocess (peak RSS is that process' max RSS) with 2 threads.
+
+    PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid,llamacpp]
+
+Prints a table and writes benchmarks/results/decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "decode.json"
+CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid-int4")
+THREADS = 2
+PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 11008, "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16",
+}
+BITS, GROUP = 4, 128
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("CAMELID_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+# --- preparing the three checkpoints --------------------------------------------------------------------
+
+
+def write_hf(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**CONFIG)).to(torch.float16)  # init std 0.02, norms 1
+    model.save_pretrained(out)
+    sp = shared_data() / "tokenizers" / "llama2" / "tokenizer.model"
+    (out / "tokenizer.model").write_bytes(sp.read_bytes())
+    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": True}))
+
+
+def write_gptq(hf: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(REPO))
+    from camelid.checkpoint import open_checkpoint
+    from tests.helpers import rtn_gptq_layer  # the reference RTN writer shared with the tests
+
+    ckpt = open_checkpoint(hf)
+    tensors = {}
+    for name, t in ckpt.iter_tensors():
+        if t.ndim == 2 and "embed_tokens" not in name:
+            prefix = name.removesuffix(".weight")
+            tensors.update({f"{prefix}.{k}": v for k, v in rtn_gptq_layer(t, BITS, GROUP, sym=True, v1=True).items()})
+        else:
+            tensors[name] = t
+    out.mkdir(parents=True)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    qcfg = {"bits": BITS, "group_size": GROUP, "desc_act": False, "sym": True, "lm_head": True,
+            "quant_method": "gptq", "checkpoint_format": "gptq", "pack_dtype": "int32",
+            "meta": {"quantizer": ["camelid-bench-rtn"], "damp_percent": 0.01, "static_groups": False,
+                     "true_sequential": True, "mse": 0.0}}
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg["quantization_config"] = qcfg
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
+    for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        (out / f).write_bytes((hf / f).read_bytes())
+    del torch
+
+
+def _permute_qk(w, n_head: int):
+    # llama.cpp's convert_hf_to_gguf: HF's rotate-half row order -> GGML's interleaved RoPE order.
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(hf: Path, out: Path) -> None:
+    import gguf
+    import numpy as np
+    import sentencepiece as spm
+
+    from camelid.checkpoint import open_checkpoint
+
+    c = CONFIG
+    w = gguf.GGUFWriter(str(out), "llama")
+    w.add_name("camelid-bench-2x7b-layers")
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_attention_heads"])
+    w.add_head_count_kv(c["num_key_value_heads"])
+    w.add_rope_dimension_count(c["hidden_size"] // c["num_attention_heads"])
+    w.add_rope_freq_base(c["rope_theta"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_vocab_size(c["vocab_size"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    sp = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode())
+        scores.append(sp.get_score(i))
+        types.append(gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+                     else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    ckpt = open_checkpoint(hf)
+    for name, t in ckpt.iter_tensors():
+        if name in names:
+            gname = names[name]
+        else:
+            layer, rest = name.removeprefix("model.layers.").split(".", 1)
+            gname = f"blk.{layer}.{per_layer[rest.removesuffix('.weight')]}.weight"
+        a = t.float().numpy()
+        if name.endswith("q_proj.weight"):
+            a = _permute_qk(a, c["num_attention_heads"])
+        elif name.endswith("k_proj.weight"):
+            a = _permute_qk(a, c["num_key_value_heads"])
+        if a.ndim == 2:
+            w.add_tensor(gname, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q4_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        else:
+            w.add_tensor(gname, a.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def prepare(workdir: Path) -> dict[str, Path]:
+    paths = {"hf": workdir / "hf", "gptq": workdir / "gptq-4bit-g128", "gguf": workdir / "model-q4_0.gguf"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps = [("hf", lambda tmp: write_hf(tmp)), ("gptq", lambda tmp: write_gptq(paths["hf"], tmp)),
+             ("gguf", lambda tmp: write_gguf(paths["hf"], tmp))]
+    for key, write in steps:
+        if not paths[key].exists():
+            t0 = time.time()
+            tmp = paths[key].with_name(paths[key].name + ".partial")
+            subprocess.run(["rm", "-rf", str(tmp)], check=True)
+            write(tmp)
+            tmp.rename(paths[key])
+            print(f"wrote {paths[key]} in {time.time() - t0:.0f}s", file=sys.stderr)
+    return paths
+
+
+# --- one contender, in its own process ------------------------------------------------------------------
+
+
+def _prompt(n: int) -> list[int]:
+    import random
+
+    rnd = random.Random(n)
+    return [1] + [rnd.randrange(3, 32000) for _ in range(n - 1)]
+
+
+def _time_hf(model) -> dict:
+    import torch
+
+    def generate(n_new: int, prompt: list[int]) -> float:
+        ids = torch.tensor([prompt])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                                 min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+        dt = time.perf_counter() - t0
+        assert out.shape[1] == len(prompt) + n_new
+        return dt
+
+    generate(8, _prompt(PROMPT_LEN))  # warm-up (allocations, first-call paths)
+    t_first = min(generate(1, _prompt(PROMPT_LEN)) for _ in range(2))
+    t_all = generate(NEW_TOKENS, _prompt(PROMPT_LEN))
+    ids = torch.tensor([_prompt(PREFILL_LEN)])
+    with torch.no_grad():
+        model(ids[:, :64])
+        t0 = time.perf_counter()
+        model(ids)
+        t_prefill = time.perf_counter() - t0
+    return {"decode_ms_per_token": (t_all - t_first) / (NEW_TOKENS - 1) * 1e3,
+            "prefill_tokens_per_s": PREFILL_LEN / t_prefill}
+
+
+def _time_llamacpp(llm) -> dict:
+    import numpy as np
+
+    def generate(n_new: int, prompt: list[int]) -> float:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        for _ in range(n_new - 1):  # greedy, as the HF contenders (the last token needs no forward)
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        return time.perf_counter() - t0
+
+    generate(8, _prompt(PROMPT_LEN))
+    t_first = min(generate(1, _prompt(PROMPT_LEN)) for _ in range(2))
+    t_all = generate(NEW_TOKENS, _prompt(PROMPT_LEN))
+    llm.reset()
+    llm.eval(_prompt(64))
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(_prompt(PREFILL_LEN))
+    t_prefill = time.perf_counter() - t0
+    return {"decode_ms_per_token": (t_all - t_first) / (NEW_TOKENS - 1) * 1e3,
+            "prefill_tokens_per_s": PREFILL_LEN / t_prefill}
+
+
+def run_contender(name: str, paths: dict[str, Path]) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    t0 = time.perf_counter()
+    info: dict = {}
+    if name in ("hf-fp32", "hf-bf16"):
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.float32 if name == "hf-fp32" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(paths["hf"], dtype=dtype).eval()
+    elif name == "hf-gptqmodel":
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(THREADS))
+        from gptqmodel import GPTQModel
+
+        model = GPTQModel.load(str(paths["gptq"]), device="cpu").model.eval()
+        info["kernel"] = type(model.model.layers[0].self_attn.q_proj).__name__
+        info["lm_head"] = type(model.lm_head).__name__
+    elif name == "camelid-int4":
+        import camelid
+        from camelid.runtime import describe_kernels
+
+        model, _ = camelid.load(paths["gptq"])
+        info["kernels"] = describe_kernels(model)["kernels"]
+    elif name == "llamacpp-q4_0":
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(paths["gguf"]), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
+                    n_batch=PREFILL_LEN, n_ubatch=PREFILL_LEN, logits_all=True, verbose=False)
+    else:
+        raise SystemExit(f"unknown contender {name}")
+    load_s = time.perf_counter() - t0
+    timings = _time_llamacpp(llm) if name == "llamacpp-q4_0" else _time_hf(model)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": rss_mb, **info}
+
+
+# --- driver ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/camelid-bench-decode"))
+    ap.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
+    ap.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
+    args = ap.parse_args()
+    if args.contender:
+        paths = {"hf": args.workdir / "hf", "gptq": args.workdir / "gptq-4bit-g128", "gguf": args.workdir / "model-q4_0.gguf"}
+        print("RESULT " + json.dumps(run_contender(args.contender, paths)))
+        return
+    paths = prepare(args.workdir)
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "GPTQMODEL_CPU_WORKERS": str(THREADS),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    rows = []
+    for name in args.only.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--contender", name],
+                              env=env, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
+            rows.append({"contender": name, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]})
+            continue
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    ref = {r["contender"]: r for r in rows if "error" not in r}
+    print(f"\n{'contender':<16} {'decode ms/tok':>13} {'prefill tok/s':>13} {'load s':>7} {'peak RSS MB':>11}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['contender']:<16} failed: {r['error'][0]}")
+            continue
+        print(f"{r['contender']:<16} {r['decode_ms_per_token']:>13.1f} {r['prefill_tokens_per_s']:>13.1f} "
+              f"{r['load_s']:>7.1f} {r['peak_rss_mb']:>11.0f}")
+    ratios = {}
+    if "camelid-int4" in ref:
+        c = ref["camelid-int4"]["decode_ms_per_token"]
+        for other, target in (("llamacpp-q4_0", 0.9), ("hf-fp32", 0.45)):
+            if other in ref:
+                ratios[f"camelid/{other}"] = {"ratio": c / ref[other]["decode_ms_per_token"], "target": target}
+                print(f"camelid / {other} decode: {ratios[f'camelid/{other}']['ratio']:.2f} (target <= {target})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "setup": {"model": "Llama, 2 layers of Llama-7B shape, random weights, untied head", "threads": THREADS,
+                  "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS, "prefill_tokens": PREFILL_LEN,
+                  "quantized": f"{BITS}-bit g{GROUP} (GPTQ, lm_head too) / Q4_0 (all matrices)",
+                  "cpu_threads_available": os.cpu_count(), "load_average": os.getloadavg()},
+        "results": rows, "ratios": ratios}, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
