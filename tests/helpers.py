@@ -147,6 +147,11 @@ def quantize_with_gptqmodel(base: Path, out: Path, bits: int = 4, group_size: in
     g = torch.Generator().manual_seed(0)
     calib = [{"input_ids": torch.randint(3, 512, (32,), generator=g).tolist(), "attention_mask": [1] * 32}
              for _ in range(samples)]
-    model.quantize(calib, batch_size=1)
-    model.save(str(out))
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # GPTQModel writes a logs/ folder into the working directory
+    try:
+        model.quantize(calib, batch_size=1)
+        model.save(str(out))
+    finally:
+        os.chdir(cwd)
     return out

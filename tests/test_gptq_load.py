@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 
 import camelid
 from camelid.errors import CamelidError
@@ -71,6 +71,8 @@ def test_tied_embeddings_and_quantize_config_json_only(tmp_path):
     assert tok("Once upon").input_ids[0] == 1
     out = model.generate(IDS[:, :3], max_new_tokens=4, do_sample=False, attention_mask=torch.ones(1, 3, dtype=torch.long))
     assert out.shape == (1, 7)
+    generated = pipeline("text-generation", model=model, tokenizer=tok)("Once upon", max_new_tokens=5, do_sample=False)
+    assert generated[0]["generated_text"].startswith("Once upon")
 
 
 def test_bad_gptq_checkpoints_give_clear_errors(tmp_path):
