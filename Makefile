@@ -14,6 +14,8 @@ $(BIN)/.installed: pyproject.toml
 
 $(BIN)/.compat: $(BIN)/.installed
 	GPTQMODEL_CPU_WORKERS=2 $(BIN)/pip install -q -e '.[test,compat]'
+	# TGI's Python client pins huggingface-hub<1.0 (it works with 1.x+); its deps come from the extra.
+	$(BIN)/pip install -q --no-deps 'text-generation==0.7.0'
 	touch $@
 
 .PHONY: setup run test lint clean
