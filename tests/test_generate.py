@@ -111,7 +111,9 @@ def test_stream_text_stop_strings(stories):
     assert "".join(stream_text(tok, ids, stop=["."])) == "Once upon a time, there was a little girl named Lily"
 
 
-def test_chat_cli_multi_turn(monkeypatch, capsys):
+@pytest.fixture
+def prompts_seen(monkeypatch):
+    """The prompt ids of every generate_ids call the CLI makes."""
     seen = []
     real = G.generate_ids
 
@@ -120,13 +122,17 @@ def test_chat_cli_multi_turn(monkeypatch, capsys):
         return real(model, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(G, "generate_ids", spy)
+    return seen
+
+
+def test_chat_cli_multi_turn(monkeypatch, capsys, prompts_seen):
     monkeypatch.setattr("sys.stdin", io.StringIO("Tell me a story\nAnd then?\n\n"))
     rc = main(["chat", str(MODEL), "--template", "tulu", "--system", "Be brief", "--max-new-tokens", "8",
                "--temperature", "0"])
     assert rc == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all(line.strip() for line in out)
-    first, second = seen
+    first, second = prompts_seen
     # The second turn's prompt is the first one plus the model's reply and the new question.
     assert second[: len(first) - 3] == first[:-3] and len(second) > len(first) + 8
     from transformers import AutoTokenizer
@@ -134,6 +140,27 @@ def test_chat_cli_multi_turn(monkeypatch, capsys):
     text = AutoTokenizer.from_pretrained(MODEL).decode(second)
     assert "<|system|>" in text and "Tell me a story" in text and "And then?" in text
     assert text.count("<|assistant|>") == 2 and out[0].strip() in text
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_generate_uses_model_own_template(tmp_path, prompts_seen, where):
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(MODEL, model_dir)
+    own = "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}assistant:"
+    if where == "chat_template.jinja":
+        (model_dir / where).write_text(own)
+    else:
+        cfg = json.loads((model_dir / where).read_text())
+        (model_dir / where).write_text(json.dumps(cfg | {"chat_template": own}))
+    assert main(["generate", str(model_dir), "Hi there", "--system", "Be kind", "--max-new-tokens", "4"]) == 0
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(MODEL).decode(prompts_seen[0]) == "<s> system: Be kind\nuser: Hi there\nassistant:"
+    # --template overrides the model's own.
+    assert main(["generate", str(model_dir), "Hi there", "--template", "tulu", "--max-new-tokens", "4"]) == 0
+    assert "<|user|>" in AutoTokenizer.from_pretrained(MODEL).decode(prompts_seen[1])
 
 
 def test_generate_bad_template():

@@ -79,7 +79,7 @@ def _chat_session(args):
     template = args.template
     if template is None and not getattr(tok, "chat_template", None):
         template = "none"
-    if template != "none" and template not in TEMPLATES:
+    if template not in (None, "none") and template not in TEMPLATES:
         raise CamelidError(f"unknown template {template!r}; known: none, {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:

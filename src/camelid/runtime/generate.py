@@ -116,7 +116,7 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: S
         max_new_tokens = min(max_new_tokens, limit - len(input_ids))
     eos_ids = set(eos_ids)
     seen = torch.tensor(list(input_ids), dtype=torch.long, device=device)
-    out = model(input_ids=seen[None], use_cache=True)
+    out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1)  # prefill: last position's logits only
     for _ in range(max_new_tokens):
         token = sample_next(out.logits[0, -1], params, generator, seen)
         tok = int(token)
