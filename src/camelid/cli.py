@@ -31,28 +31,20 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
 # --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
 
 
-def _load_model(path: str, dtype: str | None = None, device: str = "auto"):
-    """camelid.load once the runtime loader is importable; until then a plain Transformers load."""
-    try:
-        from camelid.runtime.load import load
-    except ImportError:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_model(args, reference: bool = False):
+    from camelid.runtime.load import load
 
-        from camelid.checkpoint import resolve_model_dir
-
-        def load(path, dtype=None, device="auto"):
-            d = resolve_model_dir(path)
-            model = AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype) if dtype else torch.float32)
-            return model.eval(), AutoTokenizer.from_pretrained(d)
-
-    return load(path, dtype=dtype, device=device)
+    if reference:  # --revision/--kernel describe the model under test, not its (usually dense) reference
+        return load(args.reference, device=args.device, dtype=args.dtype)
+    return load(args.model, revision=args.revision, device=args.device, dtype=args.dtype, kernel=args.kernel)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit (e.g. a quantized variant's branch)")
+    p.add_argument("--kernel", default="auto", help="quantized matmul kernel (see `camelid info`)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -75,7 +67,7 @@ def _chat_session(args):
     from camelid.runtime.generate import SamplingParams, eos_token_ids
 
     params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    model, tok = _load_model(args)
     template = args.template
     if template is None and not getattr(tok, "chat_template", None):
         template = "none"
@@ -140,7 +132,7 @@ def _cmd_chat(args) -> int:
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    model, tok = _load_model(args)
     _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
                                                                                         "data": args.data})
     return 0
@@ -149,8 +141,8 @@ def _cmd_eval_ppl(args) -> int:
 def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
-    ref, _ = _load_model(args.reference, args.dtype, args.device)
+    model, tok = _load_model(args)
+    ref, _ = _load_model(args, reference=True)
     result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
