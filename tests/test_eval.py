@@ -17,10 +17,10 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "tinystorie
 
 @pytest.fixture(scope="module")
 def stories():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import camelid
 
     torch.set_num_threads(2)
-    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(MODEL)
+    return camelid.load(MODEL, device="cpu")
 
 
 def test_gptq_text_wikitext2_token_count(shared_data):
