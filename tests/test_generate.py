@@ -164,5 +164,8 @@ def test_generate_uses_model_own_template(tmp_path, prompts_seen, stories, where
     assert "<|user|>" in stories[1].decode(prompts_seen[1])
 
 
-def test_generate_bad_template():
+def test_generate_bad_template(capsys):
     assert main(["generate", str(MODEL), "hi", "--template", "nope"]) == 2
+    assert "unknown template 'nope'" in capsys.readouterr().err
+    assert main(["chat", str(MODEL)]) == 2  # stories260K has no chat_template: chat needs one
+    assert "no chat_template" in capsys.readouterr().err

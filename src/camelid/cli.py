@@ -105,7 +105,13 @@ def _cmd_generate(args) -> int:
 def _cmd_chat(args) -> int:
     from camelid.runtime.generate import generate_ids, make_generator, stream_text
 
+    if args.template == "none":
+        raise CamelidError("camelid chat needs a prompt template (--template NAME)")
     model, tok, ids_for, stop, params, eos = _chat_session(args)
+    if args.template is None and not getattr(tok, "chat_template", None):
+        from camelid.chat import TEMPLATES
+
+        raise CamelidError(f"{args.model} has no chat_template; pass --template, one of: {', '.join(TEMPLATES)}")
     gen = make_generator(next(model.parameters()).device, args.seed)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
