@@ -53,7 +53,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
                         "chat_template if it has one")
     p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
