@@ -169,3 +169,12 @@ def test_generate_bad_template(capsys):
     assert "unknown template 'nope'" in capsys.readouterr().err
     assert main(["chat", str(MODEL)]) == 2  # stories260K has no chat_template: chat needs one
     assert "no chat_template" in capsys.readouterr().err
+
+
+def test_chat_survives_a_turn_error(monkeypatch, capsys, prompts_seen):
+    # A turn longer than the context (512) is refused with a message; the session goes on without it.
+    monkeypatch.setattr("sys.stdin", io.StringIO("the dog " * 400 + "\nHello\n\n"))
+    assert main(["chat", str(MODEL), "--template", "tulu", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "at most 512" in captured.err and len(captured.out.splitlines()) == 1
+    assert len(prompts_seen[-1]) < 20  # the "Hello" turn's prompt: the long turn was dropped

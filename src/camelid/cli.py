@@ -61,18 +61,21 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
-def _chat_session(args):
+def _chat_session(args, need_template: bool = False):
     """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
     from camelid.chat import TEMPLATES, apply_template, stop_strings
     from camelid.runtime.generate import SamplingParams, eos_token_ids
 
     params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
+    if args.template not in (None, "none") and args.template not in TEMPLATES:
+        raise CamelidError(f"unknown template {args.template!r}; known: none, {', '.join(TEMPLATES)}")
     model, tok = _load_model(args)
     template = args.template
     if template is None and not getattr(tok, "chat_template", None):
         template = "none"
-    if template not in (None, "none") and template not in TEMPLATES:
-        raise CamelidError(f"unknown template {template!r}; known: none, {', '.join(TEMPLATES)}")
+    if need_template and template == "none":
+        raise CamelidError(f"chat needs a prompt template and {args.model} has no chat_template; "
+                           f"pass --template, one of: {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:
         if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
@@ -105,13 +108,7 @@ def _cmd_generate(args) -> int:
 def _cmd_chat(args) -> int:
     from camelid.runtime.generate import generate_ids, make_generator, stream_text
 
-    if args.template == "none":
-        raise CamelidError("camelid chat needs a prompt template (--template NAME)")
-    model, tok, ids_for, stop, params, eos = _chat_session(args)
-    if args.template is None and not getattr(tok, "chat_template", None):
-        from camelid.chat import TEMPLATES
-
-        raise CamelidError(f"{args.model} has no chat_template; pass --template, one of: {', '.join(TEMPLATES)}")
+    model, tok, ids_for, stop, params, eos = _chat_session(args, need_template=True)
     gen = make_generator(next(model.parameters()).device, args.seed)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
@@ -126,11 +123,16 @@ def _cmd_chat(args) -> int:
             messages.clear()
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = []
-        for piece in stream_text(tok, generate_ids(model, ids_for(messages), args.max_new_tokens, params, gen, eos),
-                                 stop):
-            reply.append(piece)
-            print(piece, end="", flush=True)
+        try:
+            ids = ids_for(messages)
+            reply = []
+            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except CamelidError as e:  # e.g. the conversation outgrew the context: keep the session alive
+            messages.pop()
+            print(f"camelid: error: {e} (/reset to start over)", file=sys.stderr)
+            continue
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
