@@ -177,4 +177,4 @@ def test_chat_survives_a_turn_error(monkeypatch, capsys, prompts_seen):
     assert main(["chat", str(MODEL), "--template", "tulu", "--max-new-tokens", "4", "--temperature", "0"]) == 0
     captured = capsys.readouterr()
     assert "at most 512" in captured.err and len(captured.out.splitlines()) == 1
-    assert len(prompts_seen[-1]) < 20  # the "Hello" turn's prompt: the long turn was dropped
+    assert len(prompts_seen[-1]) < 50  # the "Hello" turn's prompt: the long turn was dropped
