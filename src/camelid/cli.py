@@ -31,28 +31,20 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
 # --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
 
 
-def _load_model(path: str, dtype: str | None = None, device: str = "auto"):
-    """camelid.load once the runtime loader is importable; until then a plain Transformers load."""
-    try:
-        from camelid.runtime.load import load
-    except ImportError:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_model(args, reference: bool = False):
+    from camelid.runtime.load import load
 
-        from camelid.checkpoint import resolve_model_dir
-
-        def load(path, dtype=None, device="auto"):
-            d = resolve_model_dir(path)
-            model = AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype) if dtype else torch.float32)
-            return model.eval(), AutoTokenizer.from_pretrained(d)
-
-    return load(path, dtype=dtype, device=device)
+    if reference:  # --revision/--kernel describe the model under test, not its (usually dense) reference
+        return load(args.reference, device=args.device, dtype=args.dtype)
+    return load(args.model, revision=args.revision, device=args.device, dtype=args.dtype, kernel=args.kernel)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit (e.g. a quantized variant's branch)")
+    p.add_argument("--kernel", default="auto", help="quantized matmul kernel (see `camelid info`)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +53,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
                         "chat_template if it has one")
     p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
@@ -69,18 +61,21 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
-def _chat_session(args):
+def _chat_session(args, need_template: bool = False):
     """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
     from camelid.chat import TEMPLATES, apply_template, stop_strings
     from camelid.runtime.generate import SamplingParams, eos_token_ids
 
     params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    if args.template not in (None, "none") and args.template not in TEMPLATES:
+        raise CamelidError(f"unknown template {args.template!r}; known: none, {', '.join(TEMPLATES)}")
+    model, tok = _load_model(args)
     template = args.template
     if template is None and not getattr(tok, "chat_template", None):
         template = "none"
-    if template != "none" and template not in TEMPLATES:
-        raise CamelidError(f"unknown template {template!r}; known: none, {', '.join(TEMPLATES)}")
+    if need_template and template == "none":
+        raise CamelidError(f"chat needs a prompt template and {args.model} has no chat_template; "
+                           f"pass --template, one of: {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:
         if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
@@ -113,7 +108,7 @@ def _cmd_generate(args) -> int:
 def _cmd_chat(args) -> int:
     from camelid.runtime.generate import generate_ids, make_generator, stream_text
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    model, tok, ids_for, stop, params, eos = _chat_session(args, need_template=True)
     gen = make_generator(next(model.parameters()).device, args.seed)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
@@ -128,11 +123,16 @@ def _cmd_chat(args) -> int:
             messages.clear()
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = []
-        for piece in stream_text(tok, generate_ids(model, ids_for(messages), args.max_new_tokens, params, gen, eos),
-                                 stop):
-            reply.append(piece)
-            print(piece, end="", flush=True)
+        try:
+            ids = ids_for(messages)
+            reply = []
+            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except CamelidError as e:  # e.g. the conversation outgrew the context: keep the session alive
+            messages.pop()
+            print(f"camelid: error: {e} (/reset to start over)", file=sys.stderr)
+            continue
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
@@ -140,7 +140,7 @@ def _cmd_chat(args) -> int:
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    model, tok = _load_model(args)
     _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
                                                                                         "data": args.data})
     return 0
@@ -149,8 +149,8 @@ def _cmd_eval_ppl(args) -> int:
 def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
-    ref, _ = _load_model(args.reference, args.dtype, args.device)
+    model, tok = _load_model(args)
+    ref, _ = _load_model(args, reference=True)
     result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
