@@ -39,7 +39,40 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("serve", help="serve a model over HTTP (TGI- and OpenAI-compatible routes)")
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--template", default=None, help="chat template: a jinja string or a .jinja file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)
+    p.add_argument("--max-total-tokens", type=int, default=None)
+    p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
+    p.add_argument("--max-concurrent-requests", type=int, default=128)
+    p.add_argument("--max-stop-sequences", type=int, default=4)
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from camelid.serve import serve
+
+    serve(
+        args.model,
+        revision=args.revision,
+        template=args.template,
+        host=args.host,
+        port=args.port,
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_stop_sequences=args.max_stop_sequences,
+        api_key=args.api_key,
+        threads=args.threads,
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
