@@ -351,3 +351,43 @@ def test_api_key(served):
         oa = openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             oa.completions.create(model="m", prompt=PROMPT, max_tokens=2)
+
+
+def test_seeded_sampling_is_reproducible_inside_a_busy_batch(served):
+    params = dict(max_new_tokens=24, seed=1234, **CARD_PARAMS)
+    with live_server(served, max_input_tokens=64, max_total_tokens=256) as (base, _):
+        client = text_generation.Client(base)
+        alone = [t.id for t in client.generate(PROMPT, **params).details.tokens]
+        results = {}
+
+        def run(key, prompt, kwargs):
+            results[key] = [t.id for t in client.generate(prompt, **kwargs).details.tokens]
+
+        jobs = [("seeded", PROMPT, params)] + [
+            (f"other{i}", p, dict(max_new_tokens=24, do_sample=True, seed=i))
+            for i, p in enumerate(["The cat", "Lily", "One day"])
+        ]
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["seeded"] == alone
+
+
+def test_graceful_shutdown_finishes_in_flight_stream(served):
+    # The server drains: a stream running when shutdown starts still gets every token and its details.
+    with live_server(served, max_input_tokens=64, max_total_tokens=256) as (base, state):
+        client = text_generation.Client(base)
+        events = []
+
+        def consume():
+            events.extend(client.generate_stream(PROMPT, max_new_tokens=60))
+
+        t = threading.Thread(target=consume)
+        t.start()
+        _wait_for(lambda: state.scheduler.held() == 1)  # leaving the block starts the shutdown mid-stream
+    t.join(30)
+    assert events and events[-1].details is not None
+    assert events[-1].details.generated_tokens == len(events)
+    assert not state.scheduler.alive()  # and the scheduler thread was stopped after the drain

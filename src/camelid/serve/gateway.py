@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ class ServerState:
     api_key: str | None = None
     max_body_bytes: int = 2_000_000  # TGI's --payload-limit default
     in_flight: int = 0
+    mailbox: Mailbox | None = None
 
 
 def check_key(state: ServerState, request: Request, openai: bool = False) -> None:
@@ -99,22 +101,49 @@ class Permit:
 _DISCONNECTED = object()
 
 
+class Mailbox:
+    """Hands scheduler events to the event loop, one wake-up per batch of events rather than per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Queue, Event]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, event: Event) -> None:  # called from the scheduler thread
+        with self.lock:
+            self.pending.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop is already closed (shutdown)
+            pass
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.pending, self.scheduled = self.pending, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
+def mailbox(state: ServerState) -> Mailbox:
+    loop = asyncio.get_running_loop()
+    if state.mailbox is None or state.mailbox.loop is not loop:
+        state.mailbox = Mailbox(loop)
+    return state.mailbox
+
+
 async def run_sequence(state: ServerState, request: Request, gen: GenerationRequest) -> AsyncIterator[Event]:
     """Submit `gen` and yield its events until its last token or a failure.
 
     Leaving early (client disconnect, generator closed) cancels the sequence: the scheduler drops it
     before its next step.
     """
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-
-    def sink(event: Event) -> None:  # called from the scheduler thread
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:  # the event loop is already closed (shutdown)
-            pass
-
-    seq = Sequence(gen, sink)
+    box = mailbox(state)
+    seq = Sequence(gen, lambda event: box.post(queue, event))
     state.metrics.requests.inc()
     state.metrics.input_length.observe(len(gen.input_ids))
     watcher = asyncio.create_task(_watch_disconnect(request, queue))
