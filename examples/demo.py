@@ -18,6 +18,12 @@ def main() -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     steps: list[list[str]] = []
+    # Run: greedy from BOS (reproduces llama2.c's reference output), then perplexity on bundled TinyStories.
+    steps += [
+        ["generate", str(MODEL), "", "--template", "none", "--temperature", "0", "--repetition-penalty", "1",
+         "--max-new-tokens", "200", "--stream"],
+        ["eval", "ppl", str(MODEL), "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
+    ]
     for step in steps:
         print("$ camelid " + " ".join(step), flush=True)
         rc = camelid(step)
