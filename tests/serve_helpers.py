@@ -17,11 +17,8 @@ from camelid.serve import make_limits
 from camelid.serve.app import create_app
 
 STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
-# A Tulu-style template: stories260K ships none, so the chat tests hand the server one (--template).
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
+# stories260K ships no chat template, so the chat tests hand the server one (--template tulu).
+TEMPLATE = "tulu"
 
 
 @contextmanager

@@ -10,9 +10,10 @@ import time
 
 import pytest
 import torch
-from serve_helpers import STORIES, TEMPLATE, live_server, metric, request
 
+from camelid.chat import apply_template
 from camelid.serve.engine import load_for_serving
+from tests.serve_helpers import STORIES, TEMPLATE, live_server, metric, request
 
 text_generation = pytest.importorskip("text_generation")
 openai = pytest.importorskip("openai")
@@ -218,8 +219,7 @@ def test_openai_chat_and_stream(served, server):
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell a story."}]
     r = client.chat.completions.create(model="tgi", messages=messages, max_tokens=12, temperature=0)
-    ids = served.tokenizer.apply_chat_template(messages, chat_template=TEMPLATE, add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
+    ids = apply_template(served.tokenizer, messages, TEMPLATE)
     ref = served.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
     assert r.choices[0].message.content == served.tokenizer.decode(ref, skip_special_tokens=True)
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(ref)
@@ -266,7 +266,8 @@ def test_chat_without_template_is_template_error(served):
     bare.model = served.model  # share weights; only the template differs
     with live_server(bare, max_input_tokens=64, max_total_tokens=256) as (base, _):
         status, out = request(base + "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
-        assert status == 422 and out["error"]["type"] == "template_error" and "--template" in out["error"]["message"]
+        assert status == 422 and out["error"]["type"] == "template_error"
+        assert "no chat_template" in out["error"]["message"]
 
 
 # --- concurrency, cancellation, auth ----------------------------------------------------------------------

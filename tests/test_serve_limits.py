@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from serve_helpers import STORIES
 
 from camelid.cli import main
 from camelid.errors import CamelidError
 from camelid.serve import make_limits
+from tests.serve_helpers import STORIES
 
 
 def test_tgi_defaults_follow_the_model_context():
@@ -38,4 +38,4 @@ def test_cli_reports_bad_limits(capsys):
 
 def test_cli_reports_bad_template(capsys):
     rc = main(["serve", str(STORIES), "--template", "no-such-template", "--port", "1"])
-    assert rc == 2 and "neither a jinja template string nor a file" in capsys.readouterr().err
+    assert rc == 2 and "unknown template 'no-such-template'" in capsys.readouterr().err

@@ -203,7 +203,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (TGI- and OpenAI-compatible routes)")
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--revision", default=None)
-    p.add_argument("--template", default=None, help="chat template: a jinja string or a .jinja file")
+    p.add_argument("--template", default=None, help="chat template: a camelid.chat name (tulu, chatml, ...) or Jinja")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)
@@ -213,6 +213,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-stop-sequences", type=int, default=4)
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=_serve)
 
 
@@ -232,6 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_stop_sequences=args.max_stop_sequences,
         api_key=args.api_key,
         threads=args.threads,
+        device=args.device,
     )
     return 0
 

@@ -6,12 +6,12 @@ gathered here once, so the routes and the scheduler never look at a Transformers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from camelid.chat import apply_template, stop_strings, template_source
 from camelid.errors import CamelidError
 
 
@@ -29,8 +29,7 @@ class ServedModel:
     revision: str | None
     eos_token_ids: set[int]
     max_position_embeddings: int
-    chat_template: str | None = None  # a jinja string given with --template, else the tokenizer's own
-    info: dict = field(default_factory=dict)
+    template: str | None = None  # --template: a camelid.chat registry name or Jinja; None = the model's own
 
     @property
     def device(self) -> torch.device:
@@ -41,63 +40,39 @@ def load_for_serving(
     model: str,
     revision: str | None = None,
     template: str | None = None,
-    dtype: torch.dtype | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = None,
 ) -> ServedModel:
-    """Load `model` (folder or Hub repo) for serving.
+    """Load `model` (folder or Hub repo, GPTQ or not) with `camelid.load` for serving.
 
-    `template` is a jinja chat template string or a path to a `.jinja` file; it overrides the tokenizer's.
+    `template` is a camelid.chat registry name or Jinja source; None means the model's own chat_template
+    (checked when a chat request arrives, so a model without one still serves /generate).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from camelid.runtime.generate import eos_token_ids
+    from camelid.runtime.load import load
 
-    from camelid.checkpoint import resolve_model_dir
-
-    folder = resolve_model_dir(model, revision=revision)
-    # A SentencePiece model without tokenizer.json needs the slow tokenizer (the fast conversion of
-    # stories260K's tiny vocabulary is wrong).
-    use_fast = (Path(folder) / "tokenizer.json").exists()
-    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=use_fast)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
-    lm.eval()
-    eos = lm.generation_config.eos_token_id if lm.generation_config is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+    lm, tokenizer = load(model, revision=revision, device=device, dtype=dtype)
+    if template is not None:
+        template_source(tokenizer, template)  # an unknown name fails now, not at the first chat request
     return ServedModel(
         model=lm,
         tokenizer=tokenizer,
         model_id=model,
         revision=revision,
-        eos_token_ids=eos_ids,
+        eos_token_ids=eos_token_ids(lm, tokenizer),
         max_position_embeddings=int(getattr(lm.config, "max_position_embeddings", 2048)),
-        chat_template=_read_template(template),
-    )
-
-
-def _read_template(template: str | None) -> str | None:
-    if template is None:
-        return None
-    if "{{" in template or "{%" in template:
-        return template
-    path = Path(template)
-    if path.is_file():
-        return path.read_text()
-    raise TemplateError(
-        f"--template {template!r} is neither a jinja template string nor a file "
-        "(named templates come with camelid.chat)"
+        template=template,
     )
 
 
 def render_chat(served: ServedModel, messages: list[dict]) -> list[int]:
-    """Token ids of `messages` rendered with the served chat template, ending with the assistant header."""
-    template = served.chat_template or getattr(served.tokenizer, "chat_template", None)
-    if not template:
-        raise TemplateError(
-            f"{served.model_id} has no chat template; start the server with --template"
-        )
+    """Token ids of `messages` in the served template, ending with the assistant header."""
     try:
-        ids = served.tokenizer.apply_chat_template(
-            messages, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    except Exception as e:  # jinja raise_exception / undefined variables: the client's conversation is at fault
-        raise TemplateError(f"chat template failed: {e}") from e
-    return [int(i) for i in ids]
+        return apply_template(served.tokenizer, messages, served.template)
+    except CamelidError as e:  # no template, or the template refuses this conversation: the client's 422
+        raise TemplateError(str(e)) from e
+
+
+def chat_stop_strings(served: ServedModel) -> list[str]:
+    """Strings that end an assistant turn in the served template besides EOS (registry templates only)."""
+    return list(stop_strings(served.template))

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid import __version__
-from camelid.serve.engine import render_chat
+from camelid.serve.engine import chat_stop_strings, render_chat
 from camelid.serve.gateway import HTTPError, Permit, ServerState, check_key, read_json, run_sequence, sse
 from camelid.serve.scheduler import Failed, Token
 from camelid.serve.validation import (
@@ -121,6 +121,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         ids = render_chat(served, [m.as_dict() for m in req.messages])
         top_n = (req.top_logprobs or 0) if req.logprobs else 0
         gen = to_generation(req, ids, req.max_completion_tokens or req.max_tokens, state, top_n)
+        gen.stop += chat_stop_strings(served)  # the template's end-of-turn strings; not the client's quota
         return await _respond(state, request, req, gen, chat=True)
 
     @app.post("/v1/completions")

@@ -1,34 +1,26 @@
 """Next-token choice for one sequence: TGI's penalties and warpers, then greedy or seeded sampling.
 
-The warpers are Transformers' own; the logprob reported is taken after them, as TGI's NextTokenChooser does.
+Repetition penalty, top-k and top-p are camelid.runtime's (the same as `camelid generate`); TGI's extra
+typical_p is Transformers' warper and frequency_penalty is below. The logprob reported is taken after the
+warpers, as TGI's NextTokenChooser does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TypicalLogitsWarper,
-)
+from transformers import TypicalLogitsWarper
 
+from camelid.runtime.generate import apply_repetition_penalty, apply_top_k, apply_top_p
 from camelid.serve.validation import SamplingParams
 
 
-class FrequencyPenalty:
+def frequency_penalty(history: torch.Tensor, scores: torch.Tensor, penalty: float) -> torch.Tensor:
     """OpenAI/TGI frequency penalty: subtract penalty x (count of the token so far) from its logit."""
-
-    def __init__(self, penalty: float) -> None:
-        self.penalty = penalty
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        counts = torch.zeros_like(scores).scatter_add_(1, input_ids, torch.ones_like(input_ids, dtype=scores.dtype))
-        return scores - self.penalty * counts
+    counts = torch.zeros_like(scores).scatter_add_(1, history, torch.ones_like(history, dtype=scores.dtype))
+    return scores - penalty * counts
 
 
 @dataclass
@@ -43,21 +35,22 @@ class TokenChooser:
 
     def __init__(self, params: SamplingParams, device: torch.device | str = "cpu") -> None:
         self.params = params
-        procs: list = []
+        # Each processor maps (history [1, T], scores [1, V]) -> scores, in TGI's order.
+        self.processors: list = []
+        self.needs_history = params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
         if params.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+            self.processors.append(lambda h, s: apply_repetition_penalty(s, h, params.repetition_penalty))
         if params.frequency_penalty != 0.0:
-            procs.append(FrequencyPenalty(params.frequency_penalty))
+            self.processors.append(partial(frequency_penalty, penalty=params.frequency_penalty))
         if params.sampling:
             if params.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(params.temperature))
+                self.processors.append(lambda h, s: s / params.temperature)
             if params.top_k:
-                procs.append(TopKLogitsWarper(params.top_k))
+                self.processors.append(lambda h, s: apply_top_k(s, params.top_k))
             if params.top_p < 1.0:
-                procs.append(TopPLogitsWarper(params.top_p))
+                self.processors.append(lambda h, s: apply_top_p(s, params.top_p))
             if params.typical_p < 1.0:
-                procs.append(TypicalLogitsWarper(params.typical_p))
-        self.processors = LogitsProcessorList(procs)
+                self.processors.append(TypicalLogitsWarper(params.typical_p))
         self.generator: torch.Generator | None = None
         if params.sampling:
             # One generator per request: its tokens depend on its seed only, not on who shares the batch.
@@ -65,7 +58,9 @@ class TokenChooser:
 
     def choose(self, history: torch.Tensor, logits: torch.Tensor, top_n: int = 0) -> Choice:
         """`history`: [1, T] ids so far (prompt + generated); `logits`: [1, V] for the next position."""
-        scores = self.processors(history, logits.float())
+        scores = logits.float()
+        for process in self.processors:
+            scores = process(history, scores)
         logprobs = torch.log_softmax(scores, dim=-1)
         if self.generator is not None:
             token = int(torch.multinomial(logprobs.exp(), 1, generator=self.generator))

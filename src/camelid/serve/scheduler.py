@@ -215,7 +215,7 @@ class Scheduler:
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Choose the next token of `seq`, send it, and decide whether the sequence is done."""
         req = seq.request
-        history = torch.tensor([req.input_ids + seq.generated]) if len(seq.chooser.processors) else None
+        history = torch.tensor([req.input_ids + seq.generated]) if seq.chooser.needs_history else None
         choice = seq.chooser.choose(history, logits, req.top_n_tokens)
         seq.generated.append(choice.token_id)
         self.metrics.generated.inc()

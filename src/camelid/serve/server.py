@@ -60,6 +60,7 @@ def serve(
     max_stop_sequences: int = 4,
     api_key: str | None = None,
     threads: int | None = None,
+    device: str = "auto",
 ) -> None:
     """Serve `model` with TGI- and OpenAI-compatible routes until interrupted (SIGINT/SIGTERM drain first)."""
     import uvicorn
@@ -73,7 +74,7 @@ def serve(
         # Decode steps on small models are latency-bound: extra intra-op threads on a busy CPU cost more in
         # synchronisation than they save (see the note of issue 5 for the measurement).
         torch.set_num_threads(threads)
-    served = load_for_serving(model, revision=revision, template=template)
+    served = load_for_serving(model, revision=revision, template=template, device=device)
     limits = make_limits(
         served.max_position_embeddings,
         max_input_tokens,
