@@ -392,3 +392,20 @@ def test_graceful_shutdown_finishes_in_flight_stream(served):
     assert events and events[-1].details is not None
     assert events[-1].details.generated_tokens == len(events)
     assert not state.scheduler.alive()  # and the scheduler thread was stopped after the drain
+
+
+def test_best_of_returns_the_likeliest_sample(server):
+    base, _ = server
+    r = InferenceClient(base).text_generation(PROMPT, max_new_tokens=8, best_of=2, do_sample=True, details=True)
+    others = r.details.best_of_sequences
+    assert len(others) == 1 and others[0].seed != r.details.seed
+    assert sum(t.logprob for t in r.details.tokens) >= sum(t.logprob for t in others[0].tokens)
+    for params, message in [
+        ({"best_of": 3, "do_sample": True}, "`best_of` must be > 0 and <= 2. Given: 3"),
+        ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
+        ({"best_of": 2, "do_sample": True, "seed": 1}, "`seed` must not be set when `best_of` > 1"),
+    ]:
+        status, out = request(base + "/generate", {"inputs": PROMPT, "parameters": {"max_new_tokens": 4, **params}})
+        assert status == 422 and message in out["error"], out
+    status, out = request(base + "/generate_stream", {"inputs": PROMPT, "parameters": {"best_of": 2, "do_sample": True}})
+    assert status == 422 and "`best_of` != 1 is not supported when streaming tokens" in out["error"]

@@ -211,6 +211,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
     p.add_argument("--max-concurrent-requests", type=int, default=128)
     p.add_argument("--max-stop-sequences", type=int, default=4)
+    p.add_argument("--max-best-of", type=int, default=2)
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -232,6 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests,
         max_stop_sequences=args.max_stop_sequences,
         api_key=args.api_key,
+        max_best_of=args.max_best_of,
         threads=args.threads,
         device=args.device,
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -13,8 +16,14 @@ from camelid.serve import openai_api
 from camelid.serve.engine import ServedModel, TemplateError
 from camelid.serve.gateway import HTTPError, Permit, ServerState, check_key, read_json, run_sequence, sse
 from camelid.serve.metrics import CONTENT_TYPE, Metrics
-from camelid.serve.scheduler import Failed, Prefill, Scheduler, Token
-from camelid.serve.validation import GenerateRequest, Limits, ValidationError, validate_generate
+from camelid.serve.scheduler import Done, Failed, Prefill, Scheduler, Token
+from camelid.serve.validation import (
+    GenerateRequest,
+    GenerationRequest,
+    Limits,
+    ValidationError,
+    validate_generate,
+)
 
 
 def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) -> FastAPI:
@@ -121,45 +130,75 @@ def _json(result: tuple[dict, dict] | None, wrap: bool) -> Response:
     return JSONResponse([body] if wrap else body, headers=headers)
 
 
+@dataclass
+class Finished:
+    tokens: list[Token]
+    prefill: list[dict]
+    done: Done
+
+    def details(self, top_n: int) -> dict:
+        out = {
+            "finish_reason": self.done.finish_reason,
+            "generated_tokens": self.done.generated_tokens,
+            "seed": self.done.seed,
+            "prefill": self.prefill,
+            "tokens": [_token_json(t) for t in self.tokens],
+        }
+        if top_n:
+            out["top_tokens"] = [_top_json(t) for t in self.tokens]
+        return out
+
+
+async def _collect(state: ServerState, request: Request, gen: GenerationRequest) -> Finished | None:
+    """One sequence run to its end, or None if the client disconnected."""
+    tokens, prefill = [], []
+    async for event in run_sequence(state, request, gen):
+        if isinstance(event, Failed):
+            raise HTTPError(424, event.message, event.error_type)
+        if isinstance(event, Prefill):
+            prefill = [{"id": i, "text": t, "logprob": lp} for i, t, lp in event.tokens]
+        if isinstance(event, Token):
+            tokens.append(event)
+            if event.done is not None:
+                return Finished(tokens, prefill, event.done)
+    return None
+
+
 async def _generate(state: ServerState, request: Request, req: GenerateRequest) -> tuple[dict, dict] | None:
     """Run one request to its end: (body, headers), or None if the client disconnected."""
     permit = Permit(state)
     try:
         gen = validate_generate(req, state.served.tokenizer, state.limits, stream=False)
         start = time.perf_counter()
-        tokens, prefill, done = [], [], None
-        async for event in run_sequence(state, request, gen):
-            if isinstance(event, Failed):
-                raise HTTPError(424, event.message, event.error_type)
-            if isinstance(event, Prefill):
-                prefill = [{"id": i, "text": t, "logprob": lp} for i, t, lp in event.tokens]
-            if isinstance(event, Token):
-                tokens.append(event)
-                done = event.done
-        if done is None:
+        # best_of: that many samples, each with its own random seed, decoded together in the batch; the
+        # answer is the likeliest (highest sum of token logprobs), the rest go to best_of_sequences (TGI).
+        runs = [gen] + [
+            replace(gen, sampling=replace(gen.sampling, seed=random.getrandbits(63))) for _ in range(gen.best_of - 1)
+        ]
+        results = await asyncio.gather(*(_collect(state, request, g) for g in runs))
+        if any(r is None for r in results):
             return None
+        results.sort(key=lambda r: -sum(t.logprob for t in r.tokens))
+        best = results[0]
         elapsed = time.perf_counter() - start
         state.metrics.duration.observe(elapsed)
-        text = done.generated_text
-        if req.parameters.return_full_text:
-            text = req.inputs + text
-        body: dict = {"generated_text": text}
+
+        def text_of(r: Finished) -> str:
+            return req.inputs + r.done.generated_text if req.parameters.return_full_text else r.done.generated_text
+
+        body: dict = {"generated_text": text_of(best)}
         if req.parameters.details:
-            body["details"] = {
-                "finish_reason": done.finish_reason,
-                "generated_tokens": done.generated_tokens,
-                "seed": done.seed,
-                "prefill": prefill,
-                "tokens": [_token_json(t) for t in tokens],
-            }
-            if gen.top_n_tokens:
-                body["details"]["top_tokens"] = [_top_json(t) for t in tokens]
+            body["details"] = best.details(gen.top_n_tokens)
+            if len(results) > 1:
+                body["details"]["best_of_sequences"] = [
+                    {"generated_text": text_of(r), **r.details(gen.top_n_tokens)} for r in results[1:]
+                ]
         headers = {
             "x-compute-type": state.served.device.type,
             "x-compute-time": f"{elapsed:.6f}",
-            "x-time-per-token": f"{elapsed / max(done.generated_tokens, 1):.6f}",
-            "x-prompt-tokens": str(done.input_length),
-            "x-generated-tokens": str(done.generated_tokens),
+            "x-time-per-token": f"{elapsed / max(best.done.generated_tokens, 1):.6f}",
+            "x-prompt-tokens": str(best.done.input_length),
+            "x-generated-tokens": str(best.done.generated_tokens),
         }
         return body, headers
     finally:

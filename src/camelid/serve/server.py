@@ -20,6 +20,7 @@ def make_limits(
     max_batch_prefill_tokens: int | None = None,
     max_concurrent_requests: int = 128,
     max_stop_sequences: int = 4,
+    max_best_of: int = 2,
 ) -> Limits:
     """TGI's defaults: total = the model's context, input = total - 1, prefill budget = input + 50."""
     total = max_total_tokens or (max_position_embeddings if max_input_tokens is None else max_input_tokens + 1)
@@ -36,14 +37,15 @@ def make_limits(
             f"--max-batch-prefill-tokens ({prefill}) must be >= --max-input-tokens ({inp}): "
             "a maximal prompt could never be scheduled"
         )
-    if max_concurrent_requests < 1 or max_stop_sequences < 0:
-        raise CamelidError("--max-concurrent-requests must be >= 1 and --max-stop-sequences >= 0")
+    if max_concurrent_requests < 1 or max_stop_sequences < 0 or max_best_of < 1:
+        raise CamelidError("--max-concurrent-requests and --max-best-of must be >= 1, --max-stop-sequences >= 0")
     return Limits(
         max_input_tokens=inp,
         max_total_tokens=total,
         max_stop_sequences=max_stop_sequences,
         max_batch_prefill_tokens=prefill,
         max_concurrent_requests=max_concurrent_requests,
+        max_best_of=max_best_of,
     )
 
 
@@ -59,6 +61,7 @@ def serve(
     max_concurrent_requests: int = 128,
     max_stop_sequences: int = 4,
     api_key: str | None = None,
+    max_best_of: int = 2,
     threads: int | None = None,
     device: str = "auto",
 ) -> None:
@@ -82,6 +85,7 @@ def serve(
         max_batch_prefill_tokens,
         max_concurrent_requests,
         max_stop_sequences,
+        max_best_of,
     )
     app = create_app(served, limits, api_key=api_key)
     # In-flight requests get 30 s to finish after a signal; the scheduler then fails what is left.

@@ -54,6 +54,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     decoder_input_details: bool = False
     top_n_tokens: int = 0
+    best_of: int = 1  # run this many samples, answer with the likeliest (the HTTP layer fans out)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Limits:
     max_total_tokens: int
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
-    max_best_of: int = 1
+    max_best_of: int = 2
     max_batch_prefill_tokens: int = 4096
     max_concurrent_requests: int = 128
 
@@ -182,12 +183,17 @@ def validate_generate(req: GenerateRequest, tokenizer, limits: Limits, stream: b
     best_of = 1 if p.best_of is None else p.best_of
     if limits.max_best_of == 1 and best_of != 1:
         raise ValidationError("`best_of` != 1 is not allowed for this endpoint")
+    if not 0 < best_of <= limits.max_best_of:
+        raise ValidationError(f"`best_of` must be > 0 and <= {limits.max_best_of}. Given: {best_of}")
     if p.watermark:
         raise ValidationError("`watermark` is not supported")
     if p.grammar is not None:
         raise ValidationError("grammar is not supported")
     if p.adapter_id is not None:
         raise ValidationError("`adapter_id` is not supported")
+    if best_of > 1 and not (p.do_sample or p.temperature is not None or p.top_k is not None
+                            or p.top_p is not None or p.typical_p is not None):
+        raise ValidationError("you must use sampling when `best_of` is > 1")
     sampling = check_sampling(
         do_sample=p.do_sample,
         temperature=p.temperature,
@@ -201,6 +207,8 @@ def validate_generate(req: GenerateRequest, tokenizer, limits: Limits, stream: b
     if p.max_new_tokens == 0:
         raise ValidationError("`max_new_tokens` must be strictly positive")
     stop = check_stop(p.stop, limits)
+    if best_of > 1 and p.seed is not None:
+        raise ValidationError("`seed` must not be set when `best_of` > 1")
     top_n = p.top_n_tokens or 0
     if top_n > limits.max_top_n_tokens:
         raise ValidationError(f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {top_n}")
@@ -221,4 +229,5 @@ def validate_generate(req: GenerateRequest, tokenizer, limits: Limits, stream: b
         stop=stop,
         decoder_input_details=p.decoder_input_details,
         top_n_tokens=top_n,
+        best_of=best_of,
     )
