@@ -312,6 +312,15 @@ def test_overload_429_and_disconnect_cancels(served):
         assert metric(base, "camelid_request_cancelled_total") == 2
         assert metric(base, "tgi_request_generated_tokens_total") < 2 * 400  # they did not run to the end
         assert client.generate(PROMPT, max_new_tokens=2).details.generated_tokens == 2  # slots were freed
+        # A non-streaming client that hangs up is cancelled too, not run to its 400 tokens.
+        host, port = base.removeprefix("http://").split(":")
+        body = json.dumps({"inputs": PROMPT, "parameters": {"max_new_tokens": 400}}).encode()
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            _wait_for(lambda: state.scheduler.held() == 1)
+        _wait_for(lambda: state.scheduler.held() == 0)
+        assert metric(base, "camelid_request_cancelled_total") == 3
 
 
 def test_concurrent_requests_share_the_batch_and_match_alone(served):
