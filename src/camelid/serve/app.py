@@ -63,21 +63,21 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
     async def generate_stream(request: Request):
         check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
-        return _generate_stream(state, request, req)
+        return await _generate_stream(state, request, req)
 
     @app.post("/")
     async def compat(request: Request):
         check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         if req.stream:
-            return _generate_stream(state, request, req)
+            return await _generate_stream(state, request, req)
         return _json(await _generate(state, request, req), wrap=True)  # TGI answers `/` with a list
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
         check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
-        return _tokenize(served.tokenizer, req.inputs, req.add_special_tokens)
+        return await asyncio.to_thread(_tokenize, served.tokenizer, req.inputs, req.add_special_tokens)
 
     @app.get("/info")
     async def info(request: Request):
@@ -168,7 +168,8 @@ async def _generate(state: ServerState, request: Request, req: GenerateRequest) 
     """Run one request to its end: (body, headers), or None if the client disconnected."""
     permit = Permit(state)
     try:
-        gen = validate_generate(req, state.served.tokenizer, state.limits, stream=False)
+        # Tokenizing a long prompt must not stall the event loop that feeds every other stream.
+        gen = await asyncio.to_thread(validate_generate, req, state.served.tokenizer, state.limits, False)
         start = time.perf_counter()
         # best_of: that many samples, each with its own random seed, decoded together in the batch; the
         # answer is the likeliest (highest sum of token logprobs), the rest go to best_of_sequences (TGI).
@@ -216,12 +217,12 @@ def _top_json(t: Token) -> list[dict]:
 # --- /generate_stream -------------------------------------------------------------------------------------
 
 
-def _generate_stream(state: ServerState, request: Request, req: GenerateRequest) -> StreamingResponse:
+async def _generate_stream(state: ServerState, request: Request, req: GenerateRequest) -> StreamingResponse:
     # Validation and the concurrency limit answer with a status code before the stream starts, so every
     # client raises its own error class (TGI sends these in-band with status 200).
     permit = Permit(state)
     try:
-        gen = validate_generate(req, state.served.tokenizer, state.limits, stream=True)
+        gen = await asyncio.to_thread(validate_generate, req, state.served.tokenizer, state.limits, True)
     except BaseException:
         permit.release()
         raise

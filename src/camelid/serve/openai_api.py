@@ -7,6 +7,7 @@ stop sequences are cut from the returned text, and streams end with `data: [DONE
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Literal
@@ -118,7 +119,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def chat(request: Request):
         check_key(state, request, openai=True)
         req = await read_json(state, request, ChatRequest, openai=True)
-        ids = render_chat(served, [m.as_dict() for m in req.messages])
+        ids = await asyncio.to_thread(render_chat, served, [m.as_dict() for m in req.messages])
         top_n = (req.top_logprobs or 0) if req.logprobs else 0
         gen = to_generation(req, ids, req.max_completion_tokens or req.max_tokens, state, top_n)
         gen.stop += chat_stop_strings(served)  # the template's end-of-turn strings; not the client's quota
@@ -133,7 +134,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             raise ValidationError("`prompt` must be one string")
         if req.echo:
             raise ValidationError("`echo` is not supported")
-        ids = served.tokenizer(prompts[0])["input_ids"]
+        ids = (await asyncio.to_thread(served.tokenizer, prompts[0]))["input_ids"]
         # OpenAI's default for this legacy route is 16 new tokens.
         gen = to_generation(req, ids, req.max_tokens or 16, state)
         return await _respond(state, request, req, gen, chat=False)
