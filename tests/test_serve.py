@@ -355,7 +355,9 @@ def test_concurrent_requests_share_the_batch_and_match_alone(served):
 def test_api_key(served):
     with live_server(served, api_key="s3cret", max_input_tokens=64, max_total_tokens=256) as (base, _):
         assert request(base + "/generate", {"inputs": PROMPT})[0] == 401
-        assert request(base + "/health")[0] == 200
+        assert request(base + "/health")[0] == 200  # open for load balancers
+        assert request(base + "/metrics")[0] == 401 and request(base + "/info")[0] == 401
+        assert request(base + "/metrics", headers={"Authorization": "Bearer s3cret"})[0] == 200
         ok = text_generation.Client(base, headers={"Authorization": "Bearer s3cret"})
         assert ok.generate(PROMPT, max_new_tokens=2).details.generated_tokens == 2
         oa = openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0)

@@ -81,6 +81,7 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.get("/info")
     async def info(request: Request):
+        check_key(state, request)
         return {
             "model_id": served.model_id,
             "model_sha": served.revision,
@@ -109,7 +110,8 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
         return await health()
 
     @app.get("/metrics")
-    async def metrics_route():
+    async def metrics_route(request: Request):
+        check_key(state, request)  # Prometheus sends it with `authorization: {credentials: KEY}`
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     openai_api.add_routes(app, state)
