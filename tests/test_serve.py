@@ -420,3 +420,28 @@ def test_best_of_returns_the_likeliest_sample(server):
         assert status == 422 and message in out["error"], out
     status, out = request(base + "/generate_stream", {"inputs": PROMPT, "parameters": {"best_of": 2, "do_sample": True}})
     assert status == 422 and "`best_of` != 1 is not supported when streaming tokens" in out["error"]
+
+
+def test_top_n_tokens_and_every_warper(served, server):
+    base, _ = server
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "details": True, "top_n_tokens": 3}}
+    status, out = request(base + "/generate", body)
+    assert status == 200
+    details = out["details"]
+    assert [len(top) for top in details["top_tokens"]] == [3] * 6
+    for token, top in zip(details["tokens"], details["top_tokens"], strict=True):
+        assert top[0]["id"] == token["id"] and top[0]["logprob"] == pytest.approx(token["logprob"])  # greedy
+    params = {"max_new_tokens": 6, "do_sample": True, "seed": 3, "temperature": 0.8, "top_k": 20, "top_p": 0.9,
+              "typical_p": 0.9, "repetition_penalty": 1.2, "frequency_penalty": 0.5, "details": True}
+    status, out = request(base + "/generate", {"inputs": PROMPT, "parameters": params})
+    assert status == 200 and out["details"]["generated_tokens"] == 6 and out["details"]["seed"] == 3
+
+
+def test_openai_chat_logprobs(server):
+    base, _ = server
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+    r = client.chat.completions.create(model="tgi", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                       temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == pytest.approx(c.logprob) for c in content)
