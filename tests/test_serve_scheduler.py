@@ -27,7 +27,9 @@ def _collect(events: dict, key):
     return sink
 
 
-def test_rows_joining_and_leaving_match_generate_alone(served):
+@pytest.mark.parametrize("every", [3, 0], ids=["staggered", "together"])
+def test_rows_joining_and_leaving_match_generate_alone(served, every):
+    """Prompts of different lengths arrive one every three steps, or all at once (one left-padded prefill)."""
     prompts = ["Once upon a time", "The dog ran to the big red", "Lily", "One day, a little girl named Sue went"]
     lengths = [5, 30, 12, 20]
     sched = Scheduler(served, max_batch_prefill_tokens=4096, metrics=Metrics())
@@ -36,11 +38,12 @@ def test_rows_joining_and_leaving_match_generate_alone(served):
         Sequence(GenerationRequest(served.tokenizer(p)["input_ids"], SamplingParams(), n), _collect(events, i))
         for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))
     ]
-    # Stagger arrivals: one new sequence every three steps, so rows join a batch of differently long caches.
     step = 0
     while pending or sched.held():
-        if pending and step % 3 == 0:
+        while pending and (every == 0 or step % every == 0):
             sched._waiting.append(pending.pop(0))
+            if every:
+                break
         sched._step()
         step += 1
     for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):

@@ -147,8 +147,11 @@ class Scheduler:
     def _step(self) -> None:
         self._drop(lambda s: s.cancelled, cancelled=True)
         admitted = self._admit()
-        for seq in admitted:
-            self._guarded([seq], lambda seq=seq: self._prefill(seq))
+        # New prompts share one left-padded forward; a request for prompt logprobs runs alone, unpadded.
+        groups = [[s] for s in admitted if s.request.decoder_input_details]
+        groups.append([s for s in admitted if not s.request.decoder_input_details])
+        for group in filter(None, groups):
+            self._guarded(group, lambda group=group: self._prefill(group))
         self._drop(lambda s: s.finished or s.cancelled, cancelled=False)
         if self._batch is not None:
             self._guarded(list(self._running), self._decode)
@@ -184,23 +187,27 @@ class Scheduler:
             if any(s in self._running for s in seqs):
                 self._batch, self._running = None, []  # the batch state may be half-updated: drop it
 
-    def _prefill(self, seq: Sequence) -> None:
-        req = seq.request
+    def _prefill(self, seqs: list[Sequence]) -> None:
         t0 = time.perf_counter()
-        seq.chooser = TokenChooser(req.sampling, device=self.served.device)
-        seq.text = TextStream(self.served.tokenizer, req.input_ids)
-        cache, logits = B.prefill(self.served.model, req.input_ids, all_logits=req.decoder_input_details)
+        for seq in seqs:
+            seq.chooser = TokenChooser(seq.request.sampling, device=self.served.device)
+            seq.text = TextStream(self.served.tokenizer, seq.request.input_ids)
+        details = seqs[0].request.decoder_input_details  # then it is alone (see _step)
+        batch, logits = B.prefill(self.served.model, [s.request.input_ids for s in seqs], all_logits=details)
         self.metrics.step.labels("prefill").observe(time.perf_counter() - t0)
-        if req.decoder_input_details:
-            ids = torch.tensor([req.input_ids])
-            lps = prefill_logprobs(ids, logits)
+        if details:
+            ids = seqs[0].request.input_ids
+            lps = prefill_logprobs(torch.tensor([ids]), logits)
             tok = self.served.tokenizer
-            seq.sink(Prefill([(i, tok.decode([i]), lp) for i, lp in zip(req.input_ids, lps, strict=True)]))
-        self._accept(seq, logits[:, -1, :])
-        if not seq.finished:
-            row = B.single(cache, len(req.input_ids), seq.generated[-1])
-            self._batch = B.join(self._batch, row)
-            self._running.append(seq)
+            seqs[0].sink(Prefill([(i, tok.decode([i]), lp) for i, lp in zip(ids, lps, strict=True)]))
+        for row, seq in enumerate(seqs):
+            self._accept(seq, logits[row : row + 1, -1, :])
+        batch.next_tokens = torch.tensor([s.generated[-1] for s in seqs], device=batch.next_tokens.device)
+        alive = [row for row, seq in enumerate(seqs) if not seq.finished]
+        batch = B.keep(batch, alive)
+        if batch is not None:
+            self._batch = B.join(self._batch, batch)
+            self._running += [seqs[row] for row in alive]
 
     def _decode(self) -> None:
         t0 = time.perf_counter()
