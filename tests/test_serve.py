@@ -445,3 +445,16 @@ def test_openai_chat_logprobs(server):
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == pytest.approx(c.logprob) for c in content)
+
+
+def test_openai_stop_is_cut_the_same_in_stream_and_not(server):
+    base, _ = server
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+    kwargs = dict(model="tgi", messages=[{"role": "user", "content": "Tell a story."}], max_tokens=20, temperature=0)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    stop = " " + full.split()[3]
+    r = client.chat.completions.create(stop=[stop], **kwargs)
+    assert r.choices[0].message.content == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(stop=[stop], stream=True, **kwargs))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"

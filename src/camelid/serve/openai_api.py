@@ -107,6 +107,30 @@ def _cut_stop(text: str, stop: list[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+class StopTrimmer:
+    """Streams text without ever sending a stop sequence: text that could still become one is held back,
+    so a stream joins to exactly the non-streamed answer."""
+
+    def __init__(self, stop: list[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.held = ""
+        self.stopped = False
+
+    def push(self, text: str, last: bool) -> str:
+        if self.stopped:
+            return ""
+        self.held += text
+        if any(s in self.held for s in self.stop):
+            self.stopped = True
+            out, self.held = _cut_stop(self.held, self.stop), ""
+            return out
+        keep = 0 if last else max(
+            (k for s in self.stop for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0
+        )
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return out
+
+
 def add_routes(app: FastAPI, state: ServerState) -> None:
     served = state.served
 
@@ -192,13 +216,14 @@ def _logprob(t: Token) -> dict:
 
 async def _stream(state, request, req: _Sampling, gen: GenerationRequest, chat: bool, meta: dict, permit: Permit):
     kind = "chat.completion.chunk" if chat else "text_completion"
+    trimmer = StopTrimmer(gen.stop)
     try:
         first = True
         async for event in run_sequence(state, request, gen):
             if isinstance(event, Failed):
                 yield sse({"error": {"message": event.message, "http_status_code": 424}}, space=True)
                 return
-            text = "" if event.special else event.text
+            text = trimmer.push("" if event.special else event.text, last=event.done is not None)
             finish = FINISH[event.done.finish_reason] if event.done else None
             if chat:
                 delta = {"role": "assistant", "content": text} if first else {"content": text}
