@@ -8,6 +8,7 @@ look (and, under memory pressure, behave) like loading it whole.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -40,7 +41,12 @@ def resolve_model_dir(path_or_repo: str | os.PathLike, revision: str | None = No
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise CheckpointError(f"model folder not found: {path}")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo_id, revision=revision))
@@ -195,6 +201,20 @@ class Checkpoint:
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors if names is None else names:
             yield name, self.read(name)
+
+
+def row_slices(shape: tuple[int, ...], max_elems: int = 1 << 22) -> list[slice | None]:
+    """Split dim 0 into slices of at most `max_elems` elements (at least one row each); None = whole.
+
+    Streaming a tensor in such slices keeps peak memory at a few chunks whatever the model size:
+    a 7B embedding is 500 MB in fp32, a 4M-element chunk is 16 MB.
+    """
+    if not shape or shape[0] == 0:
+        return [None]
+    rows = shape[0]
+    row_elems = max(1, math.prod(shape[1:]))
+    step = max(1, max_elems // row_elems)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 def open_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None) -> Checkpoint:

@@ -1,0 +1,201 @@
+"""Weight diffs (Alpaca / open-instruct style): tuned = base + diff, one row chunk at a time.
+
+open-instruct's `weight_diff.py` loads both models in fp32 (56 GB for 7B). Here every tensor is
+streamed in row chunks (`row_slices`), added in fp32 and written straight to the output shard, so
+peak memory is a few 16 MB chunks whatever the model size.
+
+Exact round trip. For fp32 values, `b + (t - b)` is not always `t`: when |t| is well below |b| the
+subtraction rounds (about a third of the elements of two independent random tensors; none for a
+real fine-tune, where t is close to b). `make_diff` therefore checks every tensor and stores the few
+that would not round-trip in float64, where `t - b` is exact for fp32 inputs whose magnitudes are
+within 2**29 of each other; `recover` adds such tensors in float64 and rounds once to fp32. So
+`recover(make_diff(t))` gives `t` bit for bit in fp32, and fine-tune diffs stay plain fp32 as
+open-instruct expects. Elements that even float64 cannot carry (|t| < 2**-29 |b|, or -0.0 from +0.0)
+are counted and reported with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from camelid.checkpoint import (
+    Checkpoint,
+    TensorInfo,
+    TensorSpec,
+    cast_checked,
+    dtype_name,
+    open_checkpoint,
+    parse_dtype,
+    row_slices,
+    with_config_dtype,
+    write_model_dir,
+)
+from camelid.errors import CheckpointError
+
+# Buffers that old transformers versions saved with the weights; recomputed at load, never diffed.
+_NOT_WEIGHTS = (".rotary_emb.inv_freq",)
+
+
+def _is_vocab_matrix(name: str) -> bool:
+    return name.endswith("embed_tokens.weight") or name == "lm_head.weight"
+
+
+def match_tensors(base: Checkpoint, other: Checkpoint, role: str) -> list[TensorInfo]:
+    """The tensors of `other` (a diff or a tuned model), checked against `base` before anything is written.
+
+    Shapes must agree, except that a vocabulary matrix may have more rows in `other` (Tulu adds [PAD]:
+    32000 -> 32001); the base is then extended with the mean of its rows, as open-instruct does.
+    """
+    names_b = {n for n in base.tensors if not n.endswith(_NOT_WEIGHTS)}
+    names_o = {n for n in other.tensors if not n.endswith(_NOT_WEIGHTS)}
+    if names_b != names_o:
+        only_o, only_b = sorted(names_o - names_b), sorted(names_b - names_o)
+        raise CheckpointError(
+            f"tensor names differ between base {base.dir} and {role} {other.dir}: "
+            f"only in {role}: {only_o[:5]}{' ...' if len(only_o) > 5 else ''}; "
+            f"only in base: {only_b[:5]}{' ...' if len(only_b) > 5 else ''}"
+        )
+    infos = []
+    for name, o in other.tensors.items():
+        if name not in names_o:
+            continue
+        b = base.tensors[name]
+        for t in (b, o):
+            if not t.dtype.is_floating_point:
+                raise CheckpointError(f"{t.file}: tensor {name} is {dtype_name(t.dtype)}; "
+                                      "weight diffs apply to floating-point tensors only")
+        grows_vocab = (_is_vocab_matrix(name) and len(b.shape) == 2 and len(o.shape) == 2
+                       and o.shape[1] == b.shape[1] and o.shape[0] > b.shape[0])
+        if b.shape != o.shape and not grows_vocab:
+            raise CheckpointError(f"tensor {name}: shape {list(o.shape)} in {o.file} does not match "
+                                  f"{list(b.shape)} in base {b.file}")
+        infos.append(o)
+    return infos
+
+
+def _mean_row(base: Checkpoint, name: str) -> torch.Tensor:
+    """Mean of the existing rows (open-instruct's smart_tokenizer_and_embedding_resize), streamed."""
+    info = base.tensors[name]
+    total = torch.zeros(info.shape[1], dtype=torch.float64)
+    for rows in row_slices(info.shape):
+        total += base.read(name, rows=rows).to(torch.float64).sum(dim=0)
+    return (total / info.shape[0]).to(torch.float32)
+
+
+def _base_rows(base: Checkpoint, name: str, rows: slice | None, mean: torch.Tensor | None) -> torch.Tensor:
+    """Rows of the base tensor in fp32; rows past the base vocabulary are its mean row."""
+    if mean is None:
+        return base.read(name, rows=rows).to(torch.float32)
+    have = base.tensors[name].shape[0]
+    parts = []
+    if rows.start < have:
+        parts.append(base.read(name, rows=slice(rows.start, min(rows.stop, have))).to(torch.float32))
+    if rows.stop > have:
+        parts.append(mean.expand(rows.stop - max(rows.start, have), -1))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _aligned_chunks(base: Checkpoint, other: Checkpoint, infos: list[TensorInfo]
+                    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, base rows in fp32, the other's rows as stored), chunk by chunk over `other`'s shapes."""
+    for info in infos:
+        grows = base.tensors[info.name].shape != info.shape
+        mean = _mean_row(base, info.name) if grows else None
+        for rows in row_slices(info.shape):
+            yield info.name, _base_rows(base, info.name, rows, mean), other.read(info.name, rows=rows)
+
+
+def _same_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.int32) == y.view(torch.int32)
+
+
+def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.PathLike,
+            dtype: str | torch.dtype = "float16", check_sum: float | None = None,
+            max_shard_size: int | str = "5GB", overwrite: bool = False) -> Path:
+    """tuned = base + diff, written to `out` in `dtype`, with tokenizer and config from the diff folder.
+
+    `check_sum`: the Alpaca integrity value (sum of all recovered fp32 weights, atol 1e-2); on a
+    mismatch nothing is written. A SHA-256 manifest of the output is always written.
+    """
+    target = parse_dtype(dtype)
+    base_ck, diff_ck = open_checkpoint(base), open_checkpoint(diff)
+    infos = match_tensors(base_ck, diff_ck, "diff")
+    specs = [TensorSpec(i.name, target, i.shape) for i in infos]
+
+    def chunks() -> Iterator[tuple[str, torch.Tensor]]:
+        total = 0.0
+        for name, b, d in _aligned_chunks(base_ck, diff_ck, infos):
+            # fp32 as open-instruct; float64 where make_diff widened a tensor to keep it exact.
+            wide = torch.promote_types(torch.float32, d.dtype)
+            t = (b.to(wide) + d.to(wide)).to(torch.float32)
+            total += t.sum(dtype=torch.float64).item()
+            yield name, cast_checked(t, target, name)
+        if check_sum is not None and not math.isclose(total, check_sum, rel_tol=0.0, abs_tol=1e-2):
+            raise CheckpointError(
+                f"integrity check failed: the recovered weights sum to {total:.4f}, expected {check_sum} "
+                f"(atol 1e-2); base {base_ck.dir} or diff {diff_ck.dir} is not the published one or is corrupt"
+            )
+
+    return write_model_dir(out, specs, chunks(), with_config_dtype(diff_ck.config, target),
+                           side_files_from=[diff_ck.dir], max_shard_size=max_shard_size,
+                           overwrite=overwrite, desc="recover")
+
+
+def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[TensorInfo]) -> set[str]:
+    """Tensors whose fp32 diff would not give back the tuned fp32 values bit for bit."""
+    widen: set[str] = set()
+    total = sum(i.nbytes for i in infos)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="check exactness", disable=None) as bar:
+        for name, b, t in _aligned_chunks(base_ck, tuned_ck, infos):
+            t = t.to(torch.float32)
+            if name not in widen and not bool(_same_bits(b + (t - b), t).all()):
+                widen.add(name)
+            bar.update(t.numel() * tuned_ck.tensors[name].dtype.itemsize)
+    return widen
+
+
+def make_diff(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathLike,
+              dtype: str | torch.dtype = "float32", max_shard_size: int | str = "5GB",
+              overwrite: bool = False) -> Path:
+    """diff = tuned - base (fp32), so that `recover(base, diff)` gives back `tuned`.
+
+    With dtype float32 the round trip is exact in fp32 (see the module docstring): this costs a first
+    read-only pass to find the rare tensors that need float64. A float16/bfloat16 diff is smaller and lossy.
+    Tokenizer and config come from the tuned folder.
+    """
+    store = parse_dtype(dtype)
+    base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
+    infos = match_tensors(base_ck, tuned_ck, "tuned")
+    widen = _needs_float64(base_ck, tuned_ck, infos) if store == torch.float32 else set()
+    specs = [TensorSpec(i.name, torch.float64 if i.name in widen else store, i.shape) for i in infos]
+    dtype_of = {s.name: s.dtype for s in specs}
+    inexact: dict[str, int] = {}
+
+    def chunks() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, b, t in _aligned_chunks(base_ck, tuned_ck, infos):
+            t = t.to(torch.float32)
+            if dtype_of[name] == torch.float64:
+                d = t.to(torch.float64) - b.to(torch.float64)
+                bad = int((~_same_bits((b.to(torch.float64) + d).to(torch.float32), t)).sum())
+                if bad:
+                    inexact[name] = inexact.get(name, 0) + bad
+                yield name, d
+            else:
+                yield name, cast_checked(t - b, dtype_of[name], name)
+
+    path = write_model_dir(out, specs, chunks(), with_config_dtype(tuned_ck.config, store), side_files_from=[tuned_ck.dir],
+                           max_shard_size=max_shard_size, overwrite=overwrite, desc="make-diff")
+    if widen:
+        warnings.warn(f"{len(widen)} of {len(specs)} tensors stored in float64 to recover them exactly "
+                      f"(tuned values far from base values): {sorted(widen)[:5]}", stacklevel=2)
+    if inexact:
+        warnings.warn(f"{sum(inexact.values())} values cannot be recovered bit for bit even in float64 "
+                      f"(|tuned| < 2**-29 |base| or signed zeros): {inexact}", stacklevel=2)
+    return path
