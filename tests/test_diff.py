@@ -283,3 +283,32 @@ def test_existing_output_kept(tmp_path, pair):
     assert (out / "keep").read_text() == "mine"
     recover(pair[0], pair[1], out, overwrite=True)
     assert not (out / "keep").exists() and (out / "config.json").exists()
+
+
+def test_fp32_finetune_that_crosses_zero(tmp_path):
+    # fp16 base, fp32 tuned after many small updates: ~1% of weights shrink by more than half, which a
+    # plain fp32 diff cannot carry exactly. exact=True widens; exact=False keeps fp32 and says so.
+    base = make_tiny_llama(tmp_path / "base", dtype=torch.float16)
+    b = _weights(base)
+    torch.manual_seed(1)
+    t = {}
+    for k, v in b.items():
+        w = v.float()
+        for _ in range(10):
+            w = w + 2e-3 * torch.randn_like(w)
+        t[k] = w.contiguous()
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    save_file(t, tuned / "model.safetensors")
+    (tuned / "config.json").write_bytes((base / "config.json").read_bytes())
+
+    with pytest.warns(UserWarning, match="float64"):
+        exact = make_diff(base, tuned, tmp_path / "exact")
+    _assert_same_bits(_weights(recover(base, exact, tmp_path / "r1", dtype="float32")), t)
+
+    with pytest.warns(UserWarning, match="will not recover bit for bit"):
+        plain = make_diff(base, tuned, tmp_path / "plain", exact=False)
+    assert {i.dtype for i in Checkpoint(plain).tensors.values()} == {torch.float32}
+    r = _weights(recover(base, plain, tmp_path / "r2", dtype="float32"))
+    for k in t:
+        torch.testing.assert_close(r[k], t[k], rtol=0, atol=1e-8)

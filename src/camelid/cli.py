@@ -60,7 +60,7 @@ def _cmd_make_diff(args: argparse.Namespace) -> int:
     from camelid.diff import make_diff
 
     out = make_diff(args.base, args.tuned, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, exact=not args.allow_inexact)
     print(f"wrote {out}")
     return 0
 
@@ -101,6 +101,9 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=dtypes,
                    help="diff dtype; float32 (default) recovers tuned bit for bit, float16/bfloat16 are lossy")
+    p.add_argument("--allow-inexact", action="store_true",
+                   help="keep every tensor float32 like open-instruct, instead of float64 where needed for "
+                        "a bit-exact round trip (smaller diff for fp32 fine-tunes)")
     writer_options(p)
     p.set_defaults(func=_cmd_make_diff)
 

@@ -2,16 +2,18 @@
 
 open-instruct's `weight_diff.py` loads both models in fp32 (56 GB for 7B). Here every tensor is
 streamed in row chunks (`row_slices`), added in fp32 and written straight to the output shard, so
-peak memory is a few 16 MB chunks whatever the model size.
+peak memory is a few 4 MB chunks whatever the model size.
 
-Exact round trip. For fp32 values, `b + (t - b)` is not always `t`: when |t| is well below |b| the
-subtraction rounds (about a third of the elements of two independent random tensors; none for a
-real fine-tune, where t is close to b). `make_diff` therefore checks every tensor and stores the few
-that would not round-trip in float64, where `t - b` is exact for fp32 inputs whose magnitudes are
-within 2**29 of each other; `recover` adds such tensors in float64 and rounds once to fp32. So
-`recover(make_diff(t))` gives `t` bit for bit in fp32, and fine-tune diffs stay plain fp32 as
-open-instruct expects. Elements that even float64 cannot carry (|t| < 2**-29 |b|, or -0.0 from +0.0)
-are counted and reported with a warning.
+Exact round trip. In fp32, `b + (t - b)` is not always `t`: when a weight shrinks by more than half
+(|t| < |b|/2, e.g. it crosses zero) the exact difference needs more than 24 significant bits. With
+fp16 or bf16 tuned weights (how fine-tunes are usually published) over an fp16 base this essentially
+never happens; with fp32 tuned weights it hits about 1% of the elements of every tensor (measured on
+simulated fine-tunes). `make_diff` (exact=True, the default) therefore checks every tensor first and
+stores those that would not round-trip in float64, where `t - b` is exact for fp32 values within a
+factor 2**29 of each other; `recover` adds such tensors in float64 and rounds once to fp32. So
+`recover(make_diff(t))` gives `t` bit for bit in fp32; the price is a larger diff for fp32 fine-tunes.
+`exact=False` keeps every tensor fp32 as open-instruct does. What does not round-trip (values below
+2**-29 of their base value; -0.0, which any `b + (-b)` turns into +0.0) is counted and reported.
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ def _mean_row(base: Checkpoint, name: str) -> torch.Tensor:
 
 
 def _base_rows(base: Checkpoint, name: str, rows: slice | None, mean: torch.Tensor | None) -> torch.Tensor:
-    """Rows of the base tensor in fp32; rows past the base vocabulary are its mean row."""
+    """Rows of the base tensor as stored; rows past the base vocabulary are its mean row (then fp32)."""
     if mean is None:
-        return base.read(name, rows=rows).to(torch.float32)
+        return base.read(name, rows=rows)
     have = base.tensors[name].shape[0]
     parts = []
     if rows.start < have:
@@ -104,7 +106,7 @@ def _base_rows(base: Checkpoint, name: str, rows: slice | None, mean: torch.Tens
 
 def _aligned_chunks(base: Checkpoint, other: Checkpoint, infos: list[TensorInfo]
                     ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, base rows in fp32, the other's rows as stored), chunk by chunk over `other`'s shapes."""
+    """(name, base rows, the other's rows), as stored, chunk by chunk over `other`'s shapes."""
     for info in infos:
         grows = base.tensors[info.name].shape != info.shape
         mean = _mean_row(base, info.name) if grows else None
@@ -112,8 +114,21 @@ def _aligned_chunks(base: Checkpoint, other: Checkpoint, infos: list[TensorInfo]
             yield info.name, _base_rows(base, info.name, rows, mean), other.read(info.name, rows=rows)
 
 
-def _same_bits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x.view(torch.int32) == y.view(torch.int32)
+def add_diff(b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """base + diff as recover computes it: in fp32 (open-instruct), or in float64 for a widened diff."""
+    # Convert first: torch's mixed-dtype add is several times slower than two casts and a plain add.
+    wide = torch.promote_types(torch.promote_types(torch.float32, d.dtype), b.dtype)
+    return (b.to(wide) + d.to(wide)).to(torch.float32)
+
+
+def _mismatches(r: torch.Tensor, t: torch.Tensor) -> tuple[int, int]:
+    """(values that differ, zeros whose sign differs) between recovered `r` and tuned `t`, both fp32.
+
+    A -0.0 in tuned comes back as +0.0 whatever the diff (IEEE: b + (-b) = +0.0); it is the same number.
+    """
+    differ = r.view(torch.int32) != t.view(torch.int32)
+    signed_zero = differ & (r == 0) & (t == 0)
+    return int(differ.sum()) - int(signed_zero.sum()), int(signed_zero.sum())
 
 
 def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.PathLike,
@@ -132,10 +147,9 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
     def chunks() -> Iterator[tuple[str, torch.Tensor]]:
         total = 0.0
         for name, b, d in _aligned_chunks(base_ck, diff_ck, infos):
-            # fp32 as open-instruct; float64 where make_diff widened a tensor to keep it exact.
-            wide = torch.promote_types(torch.float32, d.dtype)
-            t = (b.to(wide) + d.to(wide)).to(torch.float32)
-            total += t.sum(dtype=torch.float64).item()
+            t = add_diff(b, d)
+            if check_sum is not None:
+                total += t.sum(dtype=torch.float64).item()
             yield name, cast_checked(t, target, name)
         if check_sum is not None and not math.isclose(total, check_sum, rel_tol=0.0, abs_tol=1e-2):
             raise CheckpointError(
@@ -149,13 +163,13 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
 
 
 def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[TensorInfo]) -> set[str]:
-    """Tensors whose fp32 diff would not give back the tuned fp32 values bit for bit."""
+    """Tensors whose fp32 diff would not give back the tuned fp32 values."""
     widen: set[str] = set()
     total = sum(i.nbytes for i in infos)
     with tqdm(total=total, unit="B", unit_scale=True, desc="check exactness", disable=None) as bar:
         for name, b, t in _aligned_chunks(base_ck, tuned_ck, infos):
             t = t.to(torch.float32)
-            if name not in widen and not bool(_same_bits(b + (t - b), t).all()):
+            if name not in widen and _mismatches(add_diff(b, t - b), t)[0]:
                 widen.add(name)
             bar.update(t.numel() * tuned_ck.tensors[name].dtype.itemsize)
     return widen
@@ -163,39 +177,46 @@ def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[Tensor
 
 def make_diff(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathLike,
               dtype: str | torch.dtype = "float32", max_shard_size: int | str = "5GB",
-              overwrite: bool = False) -> Path:
-    """diff = tuned - base (fp32), so that `recover(base, diff)` gives back `tuned`.
+              overwrite: bool = False, exact: bool = True) -> Path:
+    """diff = tuned - base, so that `recover(base, diff)` gives back `tuned`.
 
-    With dtype float32 the round trip is exact in fp32 (see the module docstring): this costs a first
-    read-only pass to find the rare tensors that need float64. A float16/bfloat16 diff is smaller and lossy.
+    dtype float32 with `exact` (the default): the round trip is exact in fp32 (see the module docstring);
+    a first read-only pass finds the tensors that need float64. `exact=False` keeps every tensor in
+    fp32 like open-instruct (values that cross zero come back off by under one ulp of the base value),
+    and float16/bfloat16 diffs are smaller and lossy. Every run reports what will not round-trip.
     Tokenizer and config come from the tuned folder.
     """
     store = parse_dtype(dtype)
     base_ck, tuned_ck = open_checkpoint(base), open_checkpoint(tuned)
     infos = match_tensors(base_ck, tuned_ck, "tuned")
-    widen = _needs_float64(base_ck, tuned_ck, infos) if store == torch.float32 else set()
+    widen = _needs_float64(base_ck, tuned_ck, infos) if exact and store == torch.float32 else set()
     specs = [TensorSpec(i.name, torch.float64 if i.name in widen else store, i.shape) for i in infos]
     dtype_of = {s.name: s.dtype for s in specs}
-    inexact: dict[str, int] = {}
+    inexact, signed_zeros = {}, 0
 
     def chunks() -> Iterator[tuple[str, torch.Tensor]]:
+        nonlocal signed_zeros
         for name, b, t in _aligned_chunks(base_ck, tuned_ck, infos):
             t = t.to(torch.float32)
-            if dtype_of[name] == torch.float64:
-                d = t.to(torch.float64) - b.to(torch.float64)
-                bad = int((~_same_bits((b.to(torch.float64) + d).to(torch.float32), t)).sum())
-                if bad:
-                    inexact[name] = inexact.get(name, 0) + bad
-                yield name, d
-            else:
-                yield name, cast_checked(t - b, dtype_of[name], name)
+            wide = torch.float64 if dtype_of[name] == torch.float64 else torch.float32
+            d = cast_checked(t.to(wide) - b.to(wide), dtype_of[name], name)
+            bad, zeros = _mismatches(add_diff(b, d), t)
+            if bad:
+                inexact[name] = inexact.get(name, 0) + bad
+            signed_zeros += zeros
+            yield name, d
 
-    path = write_model_dir(out, specs, chunks(), with_config_dtype(tuned_ck.config, store), side_files_from=[tuned_ck.dir],
-                           max_shard_size=max_shard_size, overwrite=overwrite, desc="make-diff")
+    path = write_model_dir(out, specs, chunks(), with_config_dtype(tuned_ck.config, store),
+                           side_files_from=[tuned_ck.dir], max_shard_size=max_shard_size,
+                           overwrite=overwrite, desc="make-diff")
     if widen:
-        warnings.warn(f"{len(widen)} of {len(specs)} tensors stored in float64 to recover them exactly "
-                      f"(tuned values far from base values): {sorted(widen)[:5]}", stacklevel=2)
+        warnings.warn(f"{len(widen)} of {len(specs)} tensors stored in float64 so that they recover exactly "
+                      f"(some tuned values are far smaller than their base values): {sorted(widen)[:5]}",
+                      stacklevel=2)
     if inexact:
-        warnings.warn(f"{sum(inexact.values())} values cannot be recovered bit for bit even in float64 "
-                      f"(|tuned| < 2**-29 |base| or signed zeros): {inexact}", stacklevel=2)
+        warnings.warn(f"{sum(inexact.values())} values will not recover bit for bit in fp32 "
+                      f"(per tensor: {dict(list(inexact.items())[:5])})", stacklevel=2)
+    if signed_zeros:
+        warnings.warn(f"{signed_zeros} values are -0.0 in tuned and recover as +0.0 (b + (-b) = +0.0 in IEEE "
+                      "arithmetic; the same number)", stacklevel=2)
     return path
