@@ -126,6 +126,8 @@ def _mismatches(r: torch.Tensor, t: torch.Tensor) -> tuple[int, int]:
 
     A -0.0 in tuned comes back as +0.0 whatever the diff (IEEE: b + (-b) = +0.0); it is the same number.
     """
+    if torch.equal(r.view(torch.int32), t.view(torch.int32)):  # the common case, one cheap pass
+        return 0, 0
     differ = r.view(torch.int32) != t.view(torch.int32)
     signed_zero = differ & (r == 0) & (t == 0)
     return int(differ.sum()) - int(signed_zero.sum()), int(signed_zero.sum())
