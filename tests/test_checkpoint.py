@@ -180,3 +180,16 @@ def test_cli_info_convert_recover_make_diff(tmp_path, capsys):
     assert main(["recover", "--base", str(tmp_path / "nope"), "--diff", str(tmp_path / "diff"),
                  "--out", str(tmp_path / "rec2")]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "rec2").exists()
+
+
+def test_hub_repo_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from camelid.checkpoint import info
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub to download allenai/tulu-7b@v1"):
+        info("allenai/tulu-7b", revision="v1")
+    with pytest.raises(CheckpointError, match="model folder not found"):
+        info(str(tmp_path / "missing" / "dir"))
