@@ -15,6 +15,7 @@ from camelid.checkpoint.output import (
     copy_side_files,
     ensure_free_space,
     partial_dir,
+    single_threaded,
     verify_manifest,
     write_manifest,
     write_model_dir,
@@ -27,6 +28,6 @@ __all__ = [
     "DTYPES", "SIDE_FILES", "TOKENIZER_FILES", "Checkpoint", "ShardWriter", "TensorInfo", "TensorSpec",
     "atomic_output_dir", "cast_checked", "convert", "copy_side_files", "dtype_name", "ensure_free_space",
     "info", "open_checkpoint", "parse_dtype", "parse_size", "partial_dir", "quantization_config",
-    "resolve_model_dir", "row_slices", "save_sharded", "verify_manifest", "with_config_dtype", "write_json",
+    "resolve_model_dir", "row_slices", "save_sharded", "single_threaded", "verify_manifest", "with_config_dtype", "write_json",
     "write_manifest", "write_model_dir",
 ]

@@ -36,6 +36,7 @@ from camelid.checkpoint import (
     open_checkpoint,
     parse_dtype,
     row_slices,
+    single_threaded,
     with_config_dtype,
     write_model_dir,
 )
@@ -129,8 +130,9 @@ def _mismatches(r: torch.Tensor, t: torch.Tensor) -> tuple[int, int]:
     if torch.equal(r.view(torch.int32), t.view(torch.int32)):  # the common case, one cheap pass
         return 0, 0
     differ = r.view(torch.int32) != t.view(torch.int32)
-    signed_zero = differ & (r == 0) & (t == 0)
-    return int(differ.sum()) - int(signed_zero.sum()), int(signed_zero.sum())
+    rd, td = r[differ], t[differ]  # few elements: the rest of the work is on these
+    zeros = int(((rd == 0) & (td == 0)).sum())
+    return rd.numel() - zeros, zeros
 
 
 def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.PathLike,
@@ -168,7 +170,8 @@ def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[Tensor
     """Tensors whose fp32 diff would not give back the tuned fp32 values."""
     widen: set[str] = set()
     total = sum(i.nbytes for i in infos)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="check exactness", disable=None) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc="check exactness", disable=None) as bar, \
+            single_threaded():
         for name, b, t in _aligned_chunks(base_ck, tuned_ck, infos):
             t = t.to(torch.float32)
             if name not in widen and _mismatches(add_diff(b, t - b), t)[0]:
