@@ -180,8 +180,8 @@ def _read_rows(info: TensorInfo, rows: slice | None) -> torch.Tensor:
 class Checkpoint:
     """A model folder: its config and a name -> TensorInfo map; tensors are read on demand."""
 
-    def __init__(self, model_dir: Path):
-        self.dir = model_dir
+    def __init__(self, model_dir: str | os.PathLike):
+        self.dir = model_dir = Path(model_dir)
         config = model_dir / "config.json"
         try:
             self.config: dict = json.loads(config.read_text())
