@@ -165,6 +165,7 @@ def soak(port: int, proc: psutil.Process, requests: int, clients: int, seed: int
         "errors": sum(r["error"] is not None for r in results),
         "seconds": round(wall, 2),
         "sequences_in_batch_after": metric(port, "camelid_sequences_in_batch"),
+        "requests_in_flight_after": metric(port, "camelid_requests_in_flight"),
         "cancelled_total": metric(port, "camelid_request_cancelled_total"),
         "health_after": get(port, "/health")[0],
         "rss_after_mb": round(proc.memory_info().rss / 2**20, 1),

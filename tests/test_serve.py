@@ -321,6 +321,17 @@ def test_overload_429_and_disconnect_cancels(served):
             _wait_for(lambda: state.scheduler.held() == 1)
         _wait_for(lambda: state.scheduler.held() == 0)
         assert metric(base, "camelid_request_cancelled_total") == 3
+        # Clients that hang up right after sending, before any byte comes back, leak no permit either.
+        for route in ("/generate_stream", "/generate", "/v1/completions"):
+            for _ in range(4):
+                body = json.dumps({"inputs": PROMPT, "prompt": PROMPT, "parameters": {"max_new_tokens": 50}}
+                                  if route != "/v1/completions" else {"prompt": PROMPT, "max_tokens": 50, "stream": True})
+                with socket.create_connection((host, int(port))) as s:
+                    s.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        _wait_for(lambda: state.in_flight == 0 and state.scheduler.held() == 0)
+        assert metric(base, "camelid_requests_in_flight") == 0
+        assert client.generate(PROMPT, max_new_tokens=2).details.generated_tokens == 2
 
 
 def test_concurrent_requests_share_the_batch_and_match_alone(served):

@@ -9,12 +9,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from camelid import __version__
 from camelid.serve import openai_api
 from camelid.serve.engine import ServedModel, TemplateError
-from camelid.serve.gateway import HTTPError, Permit, ServerState, check_key, read_json, run_sequence, sse
+from camelid.serve.gateway import (
+    EventStream,
+    HTTPError,
+    Permit,
+    ServerState,
+    check_key,
+    read_json,
+    run_sequence,
+    sse,
+)
 from camelid.serve.metrics import CONTENT_TYPE, Metrics
 from camelid.serve.scheduler import Done, Failed, Prefill, Scheduler, Token
 from camelid.serve.validation import (
@@ -219,7 +228,7 @@ def _top_json(t: Token) -> list[dict]:
 # --- /generate_stream -------------------------------------------------------------------------------------
 
 
-async def _generate_stream(state: ServerState, request: Request, req: GenerateRequest) -> StreamingResponse:
+async def _generate_stream(state: ServerState, request: Request, req: GenerateRequest) -> EventStream:
     # Validation and the concurrency limit answer with a status code before the stream starts, so every
     # client raises its own error class (TGI sends these in-band with status 200).
     permit = Permit(state)
@@ -263,7 +272,7 @@ async def _generate_stream(state: ServerState, request: Request, req: GenerateRe
         finally:
             permit.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return EventStream(events(), permit)
 
 
 # --- /tokenize --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pydantic
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from camelid.serve.engine import ServedModel
 from camelid.serve.metrics import Metrics
@@ -96,6 +96,22 @@ class Permit:
             self.released = True
             self.state.in_flight -= 1
             self.state.metrics.in_flight.set(self.state.in_flight)
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that gives its permit back however it ends, even if the client left before the first
+    byte (then the body generator never starts, so its own `finally` would never run)."""
+
+    def __init__(self, events: AsyncIterator[str], permit: Permit) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        self.events, self.permit = events, permit
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.events.aclose()  # runs the generator's cleanup now: its sequence is cancelled
+            self.permit.release()
 
 
 _DISCONNECTED = object()

@@ -13,12 +13,21 @@ import uuid
 from typing import Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid import __version__
 from camelid.serve.engine import chat_stop_strings, render_chat
-from camelid.serve.gateway import HTTPError, Permit, ServerState, check_key, read_json, run_sequence, sse
+from camelid.serve.gateway import (
+    EventStream,
+    HTTPError,
+    Permit,
+    ServerState,
+    check_key,
+    read_json,
+    run_sequence,
+    sse,
+)
 from camelid.serve.scheduler import Failed, Token
 from camelid.serve.validation import (
     GenerationRequest,
@@ -177,7 +186,7 @@ async def _respond(state: ServerState, request: Request, req: _Sampling, gen: Ge
         "system_fingerprint": f"camelid-{__version__}",
     }
     if req.stream:
-        return StreamingResponse(_stream(state, request, req, gen, chat, meta, permit), media_type="text/event-stream")
+        return EventStream(_stream(state, request, req, gen, chat, meta, permit), permit)
     try:
         tokens: list[Token] = []
         async for event in run_sequence(state, request, gen):
