@@ -39,3 +39,9 @@ def test_cli_reports_bad_limits(capsys):
 def test_cli_reports_bad_template(capsys):
     rc = main(["serve", str(STORIES), "--template", "no-such-template", "--port", "1"])
     assert rc == 2 and "unknown template 'no-such-template'" in capsys.readouterr().err
+
+
+def test_cli_reports_template_the_tokenizer_cannot_spell(capsys):
+    # codellama-70b-instruct needs the <step> special token; stories260K's 512-token vocabulary lacks it.
+    rc = main(["serve", str(STORIES), "--template", "codellama-70b-instruct", "--port", "1"])
+    assert rc == 2 and "<step>" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from camelid.chat import apply_template, stop_strings, template_source
+from camelid.chat import apply_template, render_template, stop_strings
 from camelid.errors import CamelidError
 
 
@@ -53,7 +53,9 @@ def load_for_serving(
 
     lm, tokenizer = load(model, revision=revision, device=device, dtype=dtype)
     if template is not None:
-        template_source(tokenizer, template)  # an unknown name fails now, not at the first chat request
+        # An unknown name, broken Jinja or a template needing tokens this tokenizer lacks fails now, at start-up,
+        # not as a 422 on every chat request.
+        render_template(tokenizer, [{"role": "user", "content": "probe"}], template)
     return ServedModel(
         model=lm,
         tokenizer=tokenizer,

@@ -197,7 +197,7 @@ class Scheduler:
         self.metrics.step.labels("prefill").observe(time.perf_counter() - t0)
         if details:
             ids = seqs[0].request.input_ids
-            lps = prefill_logprobs(torch.tensor([ids]), logits)
+            lps = prefill_logprobs(torch.tensor([ids], device=logits.device), logits)
             tok = self.served.tokenizer
             seqs[0].sink(Prefill([(i, tok.decode([i]), lp) for i, lp in zip(ids, lps, strict=True)]))
         for row, seq in enumerate(seqs):
@@ -222,7 +222,9 @@ class Scheduler:
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Choose the next token of `seq`, send it, and decide whether the sequence is done."""
         req = seq.request
-        history = torch.tensor([req.input_ids + seq.generated]) if seq.chooser.needs_history else None
+        history = None
+        if seq.chooser.needs_history:
+            history = torch.tensor([req.input_ids + seq.generated], device=logits.device)
         choice = seq.chooser.choose(history, logits, req.top_n_tokens)
         seq.generated.append(choice.token_id)
         self.metrics.generated.inc()
