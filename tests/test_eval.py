@@ -107,9 +107,8 @@ def test_cli_eval_ppl_and_kld(capsys):
 
 def _write_rtn_stories(out: Path, bits: int) -> Path:
     """stories260K with its attention Linears round-to-nearest quantized (per channel), GPTQ v1 format."""
+    from helpers import rtn_gptq_layer
     from safetensors.torch import load_file, save_file
-
-    from tests.helpers import rtn_gptq_layer
 
     tensors = {}
     for name, t in load_file(MODEL / "model.safetensors").items():
