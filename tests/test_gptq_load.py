@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,9 +8,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 
 import camelid
 from camelid.errors import CamelidError
-from camelid.runtime import describe_kernels
+from camelid.runtime import describe_kernels, plan_kernels
 from camelid.runtime.qlinear import GPTQLinear
 
+STORIES_DIR = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
 IDS = torch.tensor([[1, 17, 300, 42, 7, 99, 250, 3]])
 
 
@@ -88,3 +90,15 @@ def test_bad_gptq_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CamelidError, match="awq"):
         camelid.load(tmp_path)
+
+
+def test_plan_kernels_matches_what_load_chooses(tmp_path):
+    write_tiny_gptq_llama(tmp_path / "a", bits=8, group_size=32, act_order=True, skip=("down_proj",))
+    plan = plan_kernels(tmp_path / "a", device="cpu")
+    model, _ = camelid.load(tmp_path / "a")
+    assert plan["kernels"] == describe_kernels(model)["kernels"] == {"dense": 12}
+    assert set(plan["not_int4"]) == {n for n, m in model.named_modules() if isinstance(m, GPTQLinear)}
+    write_tiny_gptq_llama(tmp_path / "b", bits=4, group_size=-1)
+    assert plan_kernels(tmp_path / "b", device="cpu")["kernels"] == {"int4": 14}
+    assert plan_kernels(tmp_path / "b", device="cpu", kernel="int8")["kernels"] == {"int8": 14}
+    assert plan_kernels(STORIES_DIR)["quantized"] is False

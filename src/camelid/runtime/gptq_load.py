@@ -136,6 +136,44 @@ def _load_remaining(model: PreTrainedModel, ckpt: Checkpoint, device: torch.devi
     model.to(device)  # buffers (RoPE) made on CPU
 
 
+def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.device = "auto",
+                 kernel: str = "auto") -> dict:
+    """The kernel each GPTQ layer would get on `device`, from the checkpoint's shapes and g_idx alone
+    (no weights unpacked): what `camelid info` can show without loading the model."""
+    from camelid.checkpoint import resolve_model_dir
+    from camelid.runtime.load import resolve_device
+    from camelid.runtime.quant_config import read_quant_config
+
+    model_dir = resolve_model_dir(path_or_repo, revision)
+    dev = resolve_device(device)
+    qcfg = read_quant_config(model_dir)
+    if qcfg is None:
+        return {"quantized": False}
+    ckpt = Checkpoint(model_dir)
+    capability = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else None
+    layers, reasons = {}, {}
+    for name, info in ckpt.tensors.items():
+        if not name.endswith(".qweight"):
+            continue
+        prefix = name.removesuffix(".qweight")
+        rows, n_out = info.shape
+        if f"{prefix}.g_idx" in ckpt:
+            g = ckpt.read(f"{prefix}.g_idx").to(torch.long)
+            n_in = g.numel()
+        else:
+            n_in = rows * 32 // qcfg.bits
+            g = torch.arange(n_in) // (n_in if qcfg.group_size == -1 else qcfg.group_size)
+        bits = _layer_bits(ckpt, prefix, n_in, qcfg.bits)
+        w = K.GPTQWeight(q=torch.empty(n_in, n_out, dtype=torch.int32, device="meta"), zeros=None, scales=None,
+                         g=torch.sort(g).values, perm=None, bits=bits)
+        layers[prefix] = K.choose_kernel(w, dev, kernel, name=prefix, capability=capability)
+        if layers[prefix] != "int4":
+            reasons[prefix] = K.why_not("int4", w, dev, capability)
+    return {"quantized": True, "device": str(dev), "bits": qcfg.bits, "group_size": qcfg.group_size,
+            "format": "gptq" if qcfg.v1 else "gptq_v2", "kernels": dict(sorted(Counter(layers.values()).items())),
+            "not_int4": reasons}
+
+
 def describe_kernels(model: nn.Module) -> dict:
     """Which kernel runs each quantized layer, for `camelid info` and logs."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, GPTQLinear)}
