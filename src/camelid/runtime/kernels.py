@@ -34,8 +34,8 @@ class GPTQWeight:
     """One GPTQ linear, unpacked, with input rows sorted by group (act order undone once, here)."""
 
     q: torch.Tensor  # int32 [in, out], codes in [0, 2**bits)
-    zeros: torch.Tensor  # int32 [groups, out], real zero-points
-    scales: torch.Tensor  # float [groups, out]
+    zeros: torch.Tensor | None  # int32 [groups, out], real zero-points (None in `plan_kernels`' shape-only view)
+    scales: torch.Tensor | None  # float [groups, out]
     g: torch.Tensor  # long [in], group of each (sorted) row
     perm: torch.Tensor | None  # long [in]: sorted row r is input feature perm[r]; None when identity
     bits: int
@@ -71,8 +71,8 @@ def unpack_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tenso
 
 
 def _unpack_in_chunks(qweight: torch.Tensor, bits: int, rows: int = 1024) -> torch.Tensor:
-    """`unpack_qweight` a block of input rows at a time: its int64 temporaries are 8 bytes per weight,
-    which for a 32000x4096 head would be a 1 GB spike in peak RSS."""
+    """`unpack_qweight` a block of input rows at a time: its temporaries (int64 on the 3-bit path, 8 bytes
+    per weight) would otherwise be a GB-sized spike in peak RSS for a 32000x4096 head."""
     packed_rows = rows * bits // 32
     out = torch.empty(qweight.shape[0] * 32 // bits, qweight.shape[1], dtype=torch.int32)
     for start in range(0, qweight.shape[0], packed_rows):
