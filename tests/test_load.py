@@ -30,3 +30,17 @@ def test_load_errors_are_clear(tmp_path):
         camelid.load(tmp_path / "missing")
     with pytest.raises(CamelidError, match="unknown dtype"):
         camelid.load(STORIES, dtype="float13")
+
+
+def test_folder_with_tokenizer_json_keeps_its_fast_tokenizer(tmp_path):
+    import shutil
+
+    from camelid.runtime.tokenizer import LlamaSentencePieceTokenizer, load_tokenizer
+
+    shutil.copytree(STORIES, tmp_path / "m")
+    assert isinstance(load_tokenizer(tmp_path / "m"), LlamaSentencePieceTokenizer)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "m")  # writes tokenizer.json
+    assert (tmp_path / "m" / "tokenizer.json").exists()
+    assert not isinstance(load_tokenizer(tmp_path / "m"), LlamaSentencePieceTokenizer)

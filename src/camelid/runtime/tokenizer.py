@@ -75,8 +75,8 @@ class LlamaSentencePieceTokenizer(SentencePieceBackend):
 
 
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The SentencePiece tokenizer when `tokenizer.model` exists and the folder has no other class in
-    mind (LLaMA-family), else `AutoTokenizer`."""
+    """The SentencePiece tokenizer for a LLaMA-family folder with `tokenizer.model` and no `tokenizer.json`,
+    else `AutoTokenizer`."""
     model_dir = Path(model_dir)
     sp_file = model_dir / "tokenizer.model"
     cfg_file = model_dir / "tokenizer_config.json"
@@ -87,7 +87,10 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
         except ValueError as e:
             raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
     cls = str(cfg.get("tokenizer_class") or "LlamaTokenizer")
-    if sp_file.exists() and cls.removesuffix("Fast") in ("LlamaTokenizer", "CodeLlamaTokenizer"):
+    # A folder that ships tokenizer.json was published (and verified, e.g. CodeLlama-70B's model card) with
+    # the fast tokenizer, whose added tokens behave differently (no dummy-prefix "▁" after `<step>`): use it.
+    has_fast = (model_dir / "tokenizer.json").exists()
+    if sp_file.exists() and not has_fast and cls.removesuffix("Fast") in ("LlamaTokenizer", "CodeLlamaTokenizer"):
         return LlamaSentencePieceTokenizer.from_pretrained(str(model_dir))
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
