@@ -102,3 +102,17 @@ def test_plan_kernels_matches_what_load_chooses(tmp_path):
     assert plan_kernels(tmp_path / "b", device="cpu")["kernels"] == {"int4": 14}
     assert plan_kernels(tmp_path / "b", device="cpu", kernel="int8")["kernels"] == {"int8": 14}
     assert plan_kernels(STORIES_DIR)["quantized"] is False
+
+
+def test_dense_head_gets_ordinary_strides_for_last_token_logits(tmp_path):
+    # Transformers slices hidden[:, -1:, :] for the head; torch's CPU bf16 linear is ~50x slower on that
+    # view's strides, so camelid.load re-views the head input (same values, canonical strides).
+    write_tiny_gptq_llama(tmp_path)
+    model, _ = camelid.load(tmp_path)
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    with torch.no_grad():
+        last = model(IDS, logits_to_keep=1).logits
+        full = model(IDS).logits
+    assert seen[0] == (128, 128, 1)  # not (8 * 128, 128, 1)
+    assert torch.equal(last[0, -1], full[0, -1])
