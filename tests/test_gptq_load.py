@@ -116,3 +116,15 @@ def test_dense_head_gets_ordinary_strides_for_last_token_logits(tmp_path):
         full = model(IDS).logits
     assert seen[0] == (128, 128, 1)  # not (8 * 128, 128, 1)
     assert torch.equal(last[0, -1], full[0, -1])
+
+
+def test_info_cli_reports_kernels(tmp_path, capsys):
+    from camelid.cli import main
+
+    write_tiny_gptq_llama(tmp_path / "q", bits=4, group_size=32, skip=("down_proj",))
+    assert main(["info", str(tmp_path / "q"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["quantization"]["bits"] == 4
+    assert summary["kernels"]["kernels"] == {"int4": 12}  # 2 layers x 6 packed Linears; down_proj stays fp16
+    assert main(["info", str(tmp_path / "q"), "--kernel", "dense"]) == 0
+    assert '"dense": 12' in capsys.readouterr().out

@@ -21,6 +21,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from camelid.checkpoint import info
 
     summary = info(args.model, revision=args.revision)
+    if summary["quantization"] is not None:
+        from camelid.runtime import plan_kernels
+
+        # The kernel each quantized layer would run on, decided from shapes alone (nothing is unpacked).
+        summary["kernels"] = plan_kernels(args.model, revision=args.revision, device=args.device,
+                                          kernel=args.kernel)
     if args.json:
         _print_json(summary)
         return 0
@@ -35,6 +41,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"tokenizer:    {'none' if tok is None else (tok['class'] or '?') + ' ' + ', '.join(tok['files'])}"
           + (" (chat template)" if tok and tok["chat_template"] else ""))
     print(f"quantization: {'none' if quant is None else json.dumps(quant)}")
+    if "kernels" in summary:
+        plan = summary["kernels"]
+        print(f"kernels:      {json.dumps(plan['kernels'])} on {plan['device']}"
+              + (f"; not int4: {json.dumps(plan['not_int4'])}" if plan.get("not_int4") else ""))
     return 0
 
 
@@ -76,6 +86,9 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--revision", help="Hub branch, tag or commit")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto", help="device whose kernels to report for a GPTQ model")
+    p.add_argument("--kernel", default="auto", choices=["auto", "int4", "int8", "dense"],
+                   help="report as if this kernel were forced")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("convert", help="cast a model's floating-point weights (e.g. to float16), streamed")
