@@ -1,0 +1,176 @@
+"""GPTQ for one Linear (Frantar et al. 2022), as implemented in AutoGPTQ's `fasterquant`.
+
+W is [out, in] (a Linear's weight), H = 2/n sum x x^T over the layer's calibration inputs [in, in].
+Columns are quantized one at a time in lazy blocks of 128; each column's rounding error is spread over
+the not-yet-quantized columns through the upper Cholesky factor of H^-1. RTN is the same grid without
+that feedback. Both return integer codes plus the per-group scale/zero/g_idx of the GPTQ format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from camelid.errors import CamelidError
+from camelid.quant.quantizer import dequantize, find_params, max_q, quantize
+
+
+@dataclass
+class QuantResult:
+    q: torch.Tensor  # int codes [out, in], uint8
+    scales: torch.Tensor  # fp32 [groups, out]
+    zeros: torch.Tensor  # int [groups, out]
+    g_idx: torch.Tensor  # int32 [in]
+    loss: float  # GPTQ's sum (w - q)^2 / d^2 / 2 (0 for RTN)
+    damp: float  # damp_percent actually used (after automatic increases)
+
+    def dequantized(self) -> torch.Tensor:
+        """W [out, in] fp32 as a loader computes it from the stored tensors."""
+        g = self.g_idx.long()
+        return (self.scales[g].t() * (self.q.float() - self.zeros[g].t().float()))
+
+
+class Hessian:
+    """Running sum of x x^T in fp32 over calibration tokens; one matmul per batch."""
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.sum.device, torch.float32)
+        self.sum.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    def value(self) -> torch.Tensor:
+        # Scale is irrelevant to GPTQ (damping is relative to the mean diagonal); 2/n as AutoGPTQ.
+        return self.sum * (2.0 / max(self.tokens, 1))
+
+
+def _group_count(columns: int, group_size: int) -> tuple[int, int]:
+    gs = columns if group_size in (-1, 0) else group_size
+    return gs, math.ceil(columns / gs)
+
+
+def rtn(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True, mse: bool = False) -> QuantResult:
+    """Round-to-nearest on the same per-group grid (the baseline GPTQ improves on)."""
+    w = w.float()
+    rows, columns = w.shape
+    gs, ngroups = _group_count(columns, group_size)
+    maxq = max_q(bits)
+    q = torch.empty(rows, columns, dtype=torch.uint8)
+    scales = torch.empty(ngroups, rows)
+    zeros = torch.empty(ngroups, rows)
+    for g in range(ngroups):
+        block = w[:, g * gs:(g + 1) * gs]
+        s, z = find_params(block, bits, sym, mse)
+        q[:, g * gs:(g + 1) * gs] = quantize(block, s[:, None], z[:, None], maxq).to(torch.uint8)
+        scales[g], zeros[g] = s, z
+    g_idx = (torch.arange(columns) // gs).to(torch.int32)
+    return QuantResult(q, scales, zeros.to(torch.int32), g_idx, 0.0, 0.0)
+
+
+def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01,
+                     max_damp: float = 1.0) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (U^T U = H^-1), raising damp
+    until H is positive definite. Returns (U, damp used).
+
+    Calibration sets that are small or repetitive give a rank-deficient H; instead of failing, the
+    damping grows by `damp_step` until it factors. U comes from one Cholesky of the reversed H and a
+    triangular inverse (J H J = L L^T  =>  H^-1 = (J L^-1 J)^T (J L^-1 J)), a third of the work of
+    AutoGPTQ's chol -> cholesky_inverse -> chol.
+    """
+    mean_diag = torch.mean(torch.diag(h)).item()
+    eye = torch.arange(h.shape[0], device=h.device)
+    flipped = h.flip(0, 1)
+    while True:
+        hd = flipped.clone()
+        hd[eye, eye] += damp * mean_diag
+        chol, info = torch.linalg.cholesky_ex(hd)
+        if info.item() == 0:
+            ident = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+            linv = torch.linalg.solve_triangular(chol, ident, upper=False)
+            factor = linv.flip(0, 1)
+            if torch.isfinite(factor).all():
+                return factor, damp
+        if damp >= max_damp:
+            raise CamelidError(f"Hessian is not positive definite even with damp {damp:.4f}; "
+                               "use more calibration samples")
+        damp = min(round(damp + damp_step, 6), max_damp)
+
+
+def prepare_hessian(h: torch.Tensor, act_order: bool, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(dead columns, permutation, Hinv factor in permuted order, damp used) for a Hessian.
+
+    Depends on H alone, so Linears that share an input (k/v/q, up/gate) share one factorization.
+    """
+    H = h.clone()
+    dead = torch.diag(H) == 0  # inputs that are always 0 carry no information; pin them
+    H[dead, dead] = 1
+    perm = torch.arange(H.shape[0], device=H.device)
+    if act_order:  # columns with the largest input energy first, while there is most room to compensate
+        perm = torch.argsort(torch.diag(H), descending=True)
+        H = H[perm][:, perm]
+    hinv, damp_used = inverse_cholesky(H, damp)
+    return dead, perm, hinv, damp_used
+
+
+def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 128, sym: bool = True,
+         act_order: bool = False, static_groups: bool = False, damp: float = 0.01, mse: bool = False,
+         block_size: int = 128, prepared: tuple | None = None) -> QuantResult:
+    """Quantize W [out, in] with Hessian H [in, in] (or its `prepare_hessian` result). Inputs unchanged.
+
+    Works on W^T so that a column of W is a contiguous row: the per-column rank-1 updates then
+    stream through memory instead of striding across it.
+    """
+    dead, perm, Hinv, damp_used = prepared or prepare_hessian(h, act_order, damp)
+    device = Hinv.device
+    Wt = w.to(device, torch.float32).t().clone()  # [in, out]
+    columns, rows = Wt.shape
+    gs, ngroups = _group_count(columns, group_size)
+    maxq = max_q(bits)
+    Wt[dead] = 0
+
+    scales = torch.empty(ngroups, rows, device=device)
+    zeros = torch.empty(ngroups, rows, device=device)
+    if static_groups:  # groups fixed on the original column order, before any permutation
+        for g in range(ngroups):
+            scales[g], zeros[g] = find_params(Wt[g * gs:(g + 1) * gs].t(), bits, sym, mse)
+    Wt = Wt[perm]
+    invperm = torch.argsort(perm)
+    # Group of each position in quantization order: static groups follow the original column.
+    group_at = (perm // gs) if static_groups else (torch.arange(columns, device=device) // gs)
+    group_list = group_at.tolist()
+
+    Qt = torch.empty(columns, rows, device=device)
+    loss = torch.zeros((), device=device)
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        W1 = Wt[i1:i2].clone()
+        Err1 = torch.empty_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        diag = torch.diag(Hinv1).tolist()
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not static_groups and col % gs == 0:
+                # Lazy group grid from the already error-updated columns of this group.
+                cols = W1[i:i + gs] if i + gs <= i2 - i1 else torch.cat([W1[i:], Wt[i2:]])[:gs]
+                scales[col // gs], zeros[col // gs] = find_params(cols.t(), bits, sym, mse)
+            g = group_list[col]
+            s, z = scales[g], zeros[g]
+            w_col = W1[i]
+            q = quantize(w_col, s, z, maxq)
+            Qt[col] = q
+            err = (w_col - dequantize(q, s, z)).div_(diag[i])
+            Err1[i] = err
+            # rank-1 update as a k=1 matmul: torch's CPU addr_ is ~50x slower than BLAS gemm here
+            W1[i:].addmm_(Hinv1[i, i:, None], err[None], alpha=-1)
+        loss += (Err1 * Err1).sum() / 2  # GPTQ's (w - q)^2 / d^2 / 2, as err = (w - q) / d
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
+
+    Q = Qt[invperm].t().to(torch.uint8)
+    g_idx = group_at[invperm].to(torch.int32)
+    return QuantResult(Q.cpu().contiguous(), scales.cpu(), zeros.to(torch.int32).cpu(), g_idx.cpu(),
+                       float(loss.item()), damp_used)
