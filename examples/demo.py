@@ -17,7 +17,12 @@ def main() -> int:
     from camelid.cli import main as camelid
 
     OUT.mkdir(parents=True, exist_ok=True)
-    steps: list[list[str]] = []
+    steps: list[list[str]] = [
+        # GPTQ 4-bit, group 32 (dim 64); the MLP (172 wide) cannot be packed and stays fp16.
+        ["quantize", str(MODEL), str(OUT / "stories260K-gptq-4bit-g32"), "--bits", "4", "--group-size", "32",
+         "--act-order", "--dataset", str(HERE / "calib" / "tinystories_sample.txt"), "--seq-len", "128",
+         "--nsamples", "32", "--overwrite"],
+    ]
     for step in steps:
         print("$ camelid " + " ".join(step), flush=True)
         rc = camelid(step)

@@ -120,5 +120,5 @@ def load_tokenizer(model_dir: str | Path):
 def calibration_windows(tokenizer, dataset: str, dataset_path: str | Path | None = None, nsamples: int = 128,
                         seq_len: int = 2048, seed: int = 0, template: str = "alpaca") -> torch.Tensor:
     texts = load_texts(dataset, dataset_path, template)
-    ids = tokenizer("\n\n".join(texts), return_tensors="pt")["input_ids"][0]
+    ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
     return sample_windows(ids, nsamples, seq_len, seed)

@@ -33,7 +33,7 @@ from camelid.checkpoint import (
 )
 from camelid.errors import CamelidError
 from camelid.quant.calib import calibration_windows, load_tokenizer
-from camelid.quant.format import QuantParams, pack_linear, packable, quantize_config
+from camelid.quant.format import QuantParams, modules_in_block, pack_linear, packable, quantize_config
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
 from camelid.quant.layer import (
     GROUPS,
@@ -343,7 +343,12 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             "damp_auto_increment": 0.01, "static_groups": static_groups, "true_sequential": true_sequential,
             "unquantized_modules": skipped,
         }
-        qcfg = quantize_config(p, str(model), skipped, n_layers, meta)
+        in_block = modules_in_block(skipped, GROUPS)
+        if in_block is not None and any(n not in skipped for n in
+                                        (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS
+                                         if not any(m in g for g in in_block))):
+            raise CamelidError("unquantizable Linears differ between layers; Transformers cannot load that")
+        qcfg = quantize_config(p, str(model), skipped, n_layers, meta, in_block)
         st_meta = {"format": "pt", "quantizer": f"camelid:{__version__}", "gptq_bits": str(bits),
                    "gptq_group_size": str(group_size), "gptq_desc_act": str(act_order),
                    "gptq_damp_percent": str(damp)}

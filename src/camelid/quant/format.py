@@ -73,8 +73,18 @@ def dynamic_excludes(skipped: list[str], layers: int) -> dict[str, dict]:
     return rules
 
 
+def modules_in_block(skipped: list[str], groups: tuple[tuple[str, ...], ...]) -> list[list[str]] | None:
+    """Transformers/optimum's `modules_in_block_to_quantize` (it ignores `dynamic`): the Linears of
+    each block that are quantized, matched by name suffix, so it needs the same set in every layer."""
+    if not skipped:
+        return None
+    suffixes = {re.sub(r"^model\.layers\.\d+\.", "", n) for n in skipped}
+    kept = [[m for m in group if m not in suffixes] for group in groups]
+    return [g for g in kept if g]
+
+
 def quantize_config(params: QuantParams, model_name: str, skipped: list[str], layers: int,
-                    meta: dict) -> dict:
+                    meta: dict, in_block: list[list[str]] | None = None) -> dict:
     """Every field written explicitly: loaders disagree on defaults (reference-facts §1)."""
     cfg = {
         "bits": params.bits,
@@ -92,6 +102,7 @@ def quantize_config(params: QuantParams, model_name: str, skipped: list[str], la
         "format": "gptq",
         "pack_dtype": "int32",
         "dynamic": dynamic_excludes(skipped, layers) or None,
+        "modules_in_block_to_quantize": in_block,
         "meta": {"quantizer": [f"camelid:{__version__}"], "method": params.method, "mse": params.mse, **meta},
     }
     return cfg
