@@ -288,6 +288,8 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
     resumes from the last finished layer.
     """
     p = QuantParams(bits, group_size, act_order, damp, sym, true_sequential, static_groups, mse, lm_head, method)
+    if Path(out).exists() and not overwrite:  # before the (long) calibration, not after
+        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
     ckpt = open_checkpoint(model, revision)
     check_params(p, ckpt.config)
     dev = pick_device(device)
