@@ -17,10 +17,17 @@ def main() -> int:
     from camelid.cli import main as camelid
 
     OUT.mkdir(parents=True, exist_ok=True)
-    steps: list[list[str]] = [
-        # GPTQ 4-bit, group 32 (dim 64); the MLP (172 wide) cannot be packed and stays fp16.
+    steps: list[list[str]] = []
+    # Run: greedy from BOS (reproduces llama2.c's reference output), then perplexity on bundled TinyStories.
+    steps += [
+        ["generate", str(MODEL), "", "--template", "none", "--temperature", "0", "--repetition-penalty", "1",
+         "--max-new-tokens", "200", "--stream"],
+        ["eval", "ppl", str(MODEL), "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
+    ]
+    # Quantize: GPTQ 4-bit, group 32 (dim 64); the MLP (172 wide) cannot be packed and stays fp16.
+    steps += [
         ["quantize", str(MODEL), str(OUT / "stories260K-gptq-4bit-g32"), "--bits", "4", "--group-size", "32",
-         "--act-order", "--dataset", str(HERE / "calib" / "tinystories_sample.txt"), "--seq-len", "128",
+         "--act-order", "--dataset", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "128",
          "--nsamples", "32", "--overwrite"],
     ]
     for step in steps:

@@ -16,7 +16,7 @@ from camelid.quant.reader import dense_model
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"
-CALIB = REPO / "examples" / "calib" / "tinystories_sample.txt"
+CALIB = REPO / "examples" / "data" / "tinystories_sample.txt"
 ARGS = dict(dataset="file", dataset_path=CALIB, seq_len=64, nsamples=8, progress=False)
 
 

@@ -13,7 +13,7 @@ from camelid.quant.quantizer import find_params, quantize
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"
-CALIB = REPO / "examples" / "calib" / "tinystories_sample.txt"
+CALIB = REPO / "examples" / "data" / "tinystories_sample.txt"
 
 
 def _stories_inputs(nsamples=16, seq_len=128):

@@ -75,8 +75,169 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
 # --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
 
 
+def _load_model(path: str, dtype: str | None = None, device: str = "auto"):
+    """camelid.load once the runtime loader is importable; until then a plain Transformers load."""
+    try:
+        from camelid.runtime.load import load
+    except ImportError:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from camelid.checkpoint import resolve_model_dir
+
+        def load(path, dtype=None, device="auto"):
+            d = resolve_model_dir(path)
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype) if dtype else torch.float32)
+            return model.eval(), AutoTokenizer.from_pretrained(d)
+
+    return load(path, dtype=dtype, device=device)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
+    p.add_argument("--device", default="auto")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", default=None,
+                   help="prompt template name (camelid chat templates: tulu, codellama-70b-instruct, llama-2-chat, "
+                        "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
+                        "chat_template if it has one")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _chat_session(args):
+    """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
+    from camelid.chat import TEMPLATES, apply_template, stop_strings
+    from camelid.runtime.generate import SamplingParams, eos_token_ids
+
+    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
+    model, tok = _load_model(args.model, args.dtype, args.device)
+    template = args.template
+    if template is None and not getattr(tok, "chat_template", None):
+        template = "none"
+    if template != "none" and template not in TEMPLATES:
+        raise CamelidError(f"unknown template {template!r}; known: none, {', '.join(TEMPLATES)}")
+
+    def ids_for(messages: list[dict]) -> list[int]:
+        if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
+            if args.system is not None:
+                raise CamelidError("--system needs a template (--template NAME)")
+            return tok(messages[-1]["content"])["input_ids"]
+        system = [{"role": "system", "content": args.system}] if args.system is not None else []
+        return apply_template(tok, system + messages, template)
+
+    stop = stop_strings(template)
+    return model, tok, ids_for, stop, params, eos_token_ids(model, tok)
+
+
+def _cmd_generate(args) -> int:
+    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+
+    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    ids = ids_for([{"role": "user", "content": args.prompt}])
+    gen = make_generator(next(model.parameters()).device, args.seed)
+    pieces = stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop)
+    if args.stream:
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print("".join(pieces))
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+
+    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    gen = make_generator(next(model.parameters()).device, args.seed)
+    messages: list[dict] = []
+    interactive = sys.stdin.isatty()
+    print("camelid chat: empty line or Ctrl-D to quit, /reset to forget the conversation", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        if line.strip() == "/reset":
+            messages.clear()
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = []
+        for piece in stream_text(tok, generate_ids(model, ids_for(messages), args.max_new_tokens, params, gen, eos),
+                                 stop):
+            reply.append(piece)
+            print(piece, end="", flush=True)
+        print(flush=True)
+        messages.append({"role": "assistant", "content": "".join(reply).strip()})
+
+
+def _cmd_eval_ppl(args) -> int:
+    from camelid.eval import perplexity
+
+    model, tok = _load_model(args.model, args.dtype, args.device)
+    _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
+                                                                                        "data": args.data})
+    return 0
+
+
+def _cmd_eval_kld(args) -> int:
+    from camelid.eval import kl_divergence
+
+    model, tok = _load_model(args.model, args.dtype, args.device)
+    ref, _ = _load_model(args.reference, args.dtype, args.device)
+    result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
+    _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
+    return 0
+
+
+def _eval_text(args) -> str:
+    from pathlib import Path
+
+    from camelid.eval import read_gptq_text
+
+    if args.doc_sep is None:
+        return read_gptq_text(args.data)
+    if not Path(args.data).is_file():
+        raise CamelidError(f"eval data not found: {args.data}")
+    return Path(args.data).read_text(encoding="utf-8")
+
+
 def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("generate", help="generate text from a prompt (streams with --stream)")
+    _add_model_args(p)
+    p.add_argument("prompt", help="the user prompt ('' with --template none: start from BOS)")
+    _add_sampling_args(p)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat on stdin/stdout (streams tokens)")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=_cmd_chat)
+
+    ev = sub.add_parser("eval", help="perplexity / KL divergence on a text file").add_subparsers(
+        dest="eval_command", required=True)
+    for name, func, help_ in (("ppl", _cmd_eval_ppl, "perplexity (GPTQ protocol), JSON on stdout"),
+                              ("kld", _cmd_eval_kld, "KL divergence and top-1 agreement vs a reference model")):
+        p = ev.add_parser(name, help=help_)
+        _add_model_args(p)
+        if name == "kld":
+            p.add_argument("--reference", required=True, help="reference model (e.g. the fp16 original)")
+        p.add_argument("--data", required=True, help="text file; scored as '\\n\\n'.join of its lines")
+        p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
+        p.add_argument("--doc-sep", default=None,
+                       help="score each document between these separators on its own (e.g. '<|endoftext|>')")
+        p.set_defaults(func=func)
 
 
 # --- serve (issue: serve) ------------------------------------------------------------------------------

@@ -1,1 +1,11 @@
-"""camelid.eval"""
+"""camelid.eval: perplexity and KL divergence on text windows (GPTQ protocol)."""
+
+from camelid.eval.perplexity import (
+    document_windows,
+    gptq_windows,
+    kl_divergence,
+    perplexity,
+    read_gptq_text,
+)
+
+__all__ = ["document_windows", "gptq_windows", "kl_divergence", "perplexity", "read_gptq_text"]

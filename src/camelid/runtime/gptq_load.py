@@ -1,0 +1,161 @@
+"""Build a Transformers model whose GPTQ linears are `GPTQLinear`s, without ever holding fp weights for them.
+
+The skeleton is built with parameters on the meta device (buffers such as RoPE's inv_freq stay real,
+since nothing in the checkpoint recreates them), each Linear that has a `<prefix>.qweight` in the
+checkpoint is swapped for a `GPTQLinear` built from its tensors, and every other parameter is read from
+the checkpoint. Which layers are quantized is decided by the tensors present, so GPTQModel `dynamic`
+exclusions, `modules_to_not_convert` and odd-shaped layers (stories260K's 172-input down_proj) simply stay
+nn.Linear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from camelid.checkpoint import Checkpoint
+from camelid.errors import CheckpointError
+from camelid.runtime import kernels as K
+from camelid.runtime.qlinear import GPTQLinear
+from camelid.runtime.quant_config import GPTQConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def params_on_meta():
+    """Create nn.Parameters on the meta device (no memory), keep buffers where they are made."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            p = module._parameters[name]
+            module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def default_gptq_dtype(device: torch.device) -> torch.dtype:
+    # The int4 kernels take bf16 activations: a bf16 model makes the per-layer casts no-ops.
+    return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _layer_bits(ckpt: Checkpoint, prefix: str, in_features: int, default: int) -> int:
+    # GPTQModel `dynamic` may give layers their own bits; the qweight shape says which.
+    rows = ckpt.tensors[f"{prefix}.qweight"].shape[0]
+    bits = rows * 32 // in_features
+    if rows * 32 != bits * in_features or bits not in (2, 3, 4, 8):
+        raise CheckpointError(f"{prefix}.qweight has {rows} rows, which fits no GPTQ bit width for {in_features} inputs")
+    if bits != default:
+        log.info("%s: %d-bit (config says %d)", prefix, bits, default)
+    return bits
+
+
+def build_gptq_linear(ckpt: Checkpoint, prefix: str, linear: nn.Linear, qcfg: GPTQConfig, device: torch.device,
+                      dtype: torch.dtype, kernel: str) -> GPTQLinear:
+    bits = _layer_bits(ckpt, prefix, linear.in_features, qcfg.bits)
+    g_idx = ckpt.read(f"{prefix}.g_idx") if f"{prefix}.g_idx" in ckpt else None
+    w = K.unpack_gptq(ckpt.read(f"{prefix}.qweight"), ckpt.read(f"{prefix}.qzeros"), ckpt.read(f"{prefix}.scales"),
+                      g_idx, bits, qcfg.v1, qcfg.group_size, name=prefix)
+    if (w.in_features, w.out_features) != (linear.in_features, linear.out_features):
+        raise CheckpointError(f"{prefix}: quantized weight is [{w.in_features} -> {w.out_features}] but the model "
+                              f"expects [{linear.in_features} -> {linear.out_features}]")
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    chosen = K.choose_kernel(w, device, kernel, name=prefix, capability=capability)
+    bias = ckpt.read(f"{prefix}.bias") if f"{prefix}.bias" in ckpt else None
+    return GPTQLinear(w, chosen, device, dtype, bias=bias)
+
+
+def load_gptq(model_dir: Path, qcfg: GPTQConfig, device: torch.device, dtype: torch.dtype | None,
+              kernel: str = "auto") -> PreTrainedModel:
+    if kernel != "auto" and kernel not in K.KERNELS:
+        raise CheckpointError(f"unknown kernel {kernel!r}; choose from auto, {', '.join(K.KERNELS)}")
+    ckpt = Checkpoint(model_dir)
+    dtype = dtype or default_gptq_dtype(device)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: cannot read config.json ({e})") from e
+    # Transformers would hand a config with quantization_config to its own GPTQ integration.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with params_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+    quantized = [n.removesuffix(".qweight") for n in ckpt.tensors if n.endswith(".qweight")]
+    if not quantized:
+        raise CheckpointError(f"{model_dir}: {qcfg.source} declares GPTQ but no tensor is named *.qweight")
+    for prefix in quantized:
+        try:
+            linear = model.get_submodule(prefix)
+        except AttributeError:
+            raise CheckpointError(f"{model_dir}: checkpoint has {prefix}.qweight but the model has no module {prefix}") from None
+        if not isinstance(linear, nn.Linear):
+            raise CheckpointError(f"{prefix} is a {type(linear).__name__}, not a Linear; cannot hold GPTQ weights")
+        parent_name, _, child = prefix.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, build_gptq_linear(ckpt, prefix, linear, qcfg, device, dtype, kernel))
+
+    _load_remaining(model, ckpt, device, dtype)
+    return model
+
+
+def _load_remaining(model: PreTrainedModel, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    """Fill every parameter still on meta from the checkpoint (float tensors cast to `dtype`)."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = []
+    for name, param in list(model.named_parameters(remove_duplicate=False)):
+        if param.device.type != "meta":
+            continue
+        if name not in ckpt:
+            if name not in tied:
+                missing.append(name)
+            continue
+        t = ckpt.read(name)
+        if tuple(t.shape) != tuple(param.shape):
+            raise CheckpointError(f"{name}: checkpoint shape {tuple(t.shape)} != model shape {tuple(param.shape)}")
+        module_name, _, pname = name.rpartition(".")
+        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        model.get_submodule(module_name)._parameters[pname] = nn.Parameter(t, requires_grad=False)
+    if missing:
+        raise CheckpointError(f"{ckpt.dir}: missing tensors {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    model.tie_weights()
+    still = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if still:
+        raise CheckpointError(f"{ckpt.dir}: no weights for {', '.join(still[:5])}")
+    model.to(device)  # buffers (RoPE) made on CPU
+
+
+def describe_kernels(model: nn.Module) -> dict:
+    """Which kernel runs each quantized layer, for `camelid info` and logs."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, GPTQLinear)}
+    counts = Counter(m.kernel for m in layers.values())
+    dense_linears = sum(1 for m in model.modules() if type(m) is nn.Linear)
+    first = next(iter(model.parameters()), None)
+    return {
+        "device": str(first.device) if first is not None else "cpu",
+        "dtype": str(getattr(model, "dtype", first.dtype if first is not None else None)).removeprefix("torch."),
+        "quantized_layers": len(layers),
+        "unquantized_linears": dense_linears,
+        "kernels": dict(sorted(counts.items())),
+        "act_order_layers": sum(1 for m in layers.values() if m.perm is not None),
+        "bits": dict(sorted(Counter(str(m.bits) for m in layers.values()).items())),
+        "notes": {k: v for k, v in KERNEL_NOTES.items() if k in counts},
+    }
+
+
+KERNEL_NOTES = {
+    "int4": "torch int4 tinygemm (_weight_int4pack_mm[_for_cpu]), bf16 activations, 0.5 byte/weight",
+    "int8": "torch _weight_int8pack_mm, per-channel scales, 1 byte/weight",
+    "dense": "dequantized at load to the model dtype (full-precision memory)",
+}

@@ -1,0 +1,82 @@
+"""`camelid.load`: a model folder or Hub repo -> (Transformers model, tokenizer), GPTQ or not."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from camelid.checkpoint import resolve_model_dir
+from camelid.errors import CamelidError
+from camelid.runtime.quant_config import read_quant_config
+from camelid.runtime.tokenizer import load_tokenizer
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+    "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise CamelidError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise CamelidError(f"unknown device {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CamelidError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def default_dtype(config_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The checkpoint's dtype, except fp16 on CPU, which has no fast fp16 matmul: fp32 there."""
+    dtype = config_dtype or torch.float32
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
+def load(path_or_repo: str | os.PathLike, revision: str | None = None, device: str | torch.device = "auto",
+         dtype: str | torch.dtype | None = None, kernel: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a LLaMA-family model for inference: a Transformers model (so `generate()`/`pipeline()` work)
+    and its tokenizer. GPTQ checkpoints get camelid's quantized linears (see `camelid.runtime.qlinear`)."""
+    model_dir = resolve_model_dir(path_or_repo, revision)
+    dev = resolve_device(device)
+    want = parse_dtype(dtype)
+    qcfg = read_quant_config(model_dir)
+    if qcfg is not None:
+        from camelid.runtime.gptq_load import load_gptq
+
+        model = load_gptq(model_dir, qcfg, dev, want, kernel)
+    else:
+        if kernel not in ("auto", "dense"):
+            raise CamelidError(f"--kernel {kernel!r} applies to GPTQ models; {model_dir} is not quantized")
+        model = _load_dense(model_dir, dev, want)
+    model.eval()
+    return model, load_tokenizer(model_dir)
+
+
+def _load_dense(model_dir, device: torch.device, dtype: torch.dtype | None) -> PreTrainedModel:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise CamelidError(f"{model_dir}: cannot read config.json ({e})") from e
+    dtype = dtype or default_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise CamelidError(f"{model_dir}: cannot load the model ({e})") from e
+    return model.to(device)

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from camelid.errors import CamelidError
+from camelid.quant.pack import dequantize
+from camelid.runtime import kernels as K
+from camelid.runtime.qlinear import GPTQLinear
+from tests.helpers import random_gptq_layer
+
+CPU = torch.device("cpu")
+N_IN, N_OUT = 256, 128
+
+
+def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("group_size", [-1, 32, 64, 128])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order):
+    x = torch.randn(5, N_IN, generator=torch.Generator().manual_seed(1))
+    for sym in (True, False):
+        for v1 in (True, False):
+            t = random_gptq_layer(N_IN, N_OUT, bits, group_size, act_order, sym, v1, seed=bits * 100 + group_size)
+            if act_order and group_size != -1:
+                assert bool((t["g_idx"][1:] < t["g_idx"][:-1]).any())  # really non-monotonic
+            w_ref = dequantize(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, v1=v1).double()  # [in, out]
+            w = K.unpack_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, v1, group_size)
+            tested = []
+            for kernel in K.KERNELS:
+                if K.why_not(kernel, w, CPU) is not None:
+                    continue
+                for dtype in (torch.float32, torch.bfloat16):
+                    if kernel == "int4" and dtype == torch.float32:
+                        continue  # int4 computes in bf16 whatever the model dtype
+                    layer = GPTQLinear(w, kernel, CPU, dtype)
+                    xd = x.to(dtype)
+                    y = layer(xd)
+                    assert y.dtype == dtype and y.shape == (5, N_OUT)
+                    ref = xd.double() @ w_ref
+                    tol = 1e-5 if dtype == torch.float32 else 1e-2
+                    assert _rel_err(y, ref) < tol, (kernel, dtype, sym, v1)
+                    tested.append(kernel)
+            # The fast kernels really get used where they apply.
+            if bits <= 4:
+                assert "int4" in tested
+            if group_size == -1:
+                assert "int8" in tested
+
+
+def test_act_order_rows_sorted_once_and_activations_permuted():
+    t = random_gptq_layer(N_IN, N_OUT, 4, 32, True, True, True)
+    w = K.unpack_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 4, True, 32)
+    assert w.perm is not None and bool((w.g[1:] >= w.g[:-1]).all())
+    assert K.int4_group_size(w) == 32
+    layer = GPTQLinear(w, "int4", CPU, torch.bfloat16)
+    assert layer.perm is not None and layer.weight_packed.dtype == torch.uint8
+    dense = GPTQLinear(w, "dense", CPU, torch.float32)
+    assert dense.perm is None  # dense weights are stored in the checkpoint's input order
+
+
+def test_kernel_selection_rule():
+    def weight(bits, gs, n_out=N_OUT):
+        t = random_gptq_layer(N_IN, n_out, bits, gs, False, True, True)
+        return K.unpack_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, True, gs)
+
+    cuda = torch.device("cuda")
+    assert K.choose_kernel(weight(4, 128), CPU) == "int4"
+    assert K.choose_kernel(weight(3, 64), CPU) == "int4"
+    assert K.choose_kernel(weight(8, -1), CPU) == "int8"
+    assert K.choose_kernel(weight(8, 128), CPU) == "dense"
+    assert K.int4_group_size(weight(4, -1)) == 256  # one group = the same scale repeated
+    assert K.choose_kernel(weight(4, 128), cuda, capability=(8, 0)) == "int4"
+    assert K.choose_kernel(weight(4, 128), cuda, capability=(7, 5)) == "dense"
+    assert K.choose_kernel(weight(8, -1), cuda, capability=(9, 0)) == "dense"
+    with pytest.raises(CamelidError, match="does not fit|not fit"):
+        K.choose_kernel(weight(8, 128), CPU, requested="int4")
+    with pytest.raises(CamelidError, match="unknown kernel"):
+        K.choose_kernel(weight(4, 128), CPU, requested="marlin")
