@@ -78,7 +78,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "save_progress", real_save)
     loaded = []
     real_load = engine.load_layer
-    monkeypatch.setattr(engine, "load_layer", lambda ckpt, cfg, i, dev: loaded.append(i) or real_load(ckpt, cfg, i, dev))
+    monkeypatch.setattr(engine, "load_layer", lambda ckpt, cfg, i, *a: loaded.append(i) or real_load(ckpt, cfg, i, *a))
     out = quantize(STORIES, tmp_path / "q", bits=3, group_size=32, **ARGS)
     assert loaded == [3, 4]  # continued after the last finished layer
     a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")

@@ -23,8 +23,19 @@ class QuantResult:
     scales: torch.Tensor  # fp32 [groups, out]
     zeros: torch.Tensor  # int [groups, out]
     g_idx: torch.Tensor  # int32 [in]
-    loss: float  # GPTQ's sum (w - q)^2 / d^2 / 2 (0 for RTN)
+    row_loss: torch.Tensor  # GPTQ's sum over columns of (w - q)^2 / d^2 / 2, per row (0 for RTN)
     damp: float  # damp_percent actually used (after automatic increases)
+
+    @property
+    def loss(self) -> float:
+        return float(self.row_loss.sum())
+
+    def split_rows(self, sizes: list[int]) -> list[QuantResult]:
+        """Per-Linear results of a GPTQ run on row-stacked Linears that share one input."""
+        parts = zip(self.q.split(sizes), self.scales.split(sizes, dim=1), self.zeros.split(sizes, dim=1),
+                    self.row_loss.split(sizes), strict=True)
+        return [QuantResult(q.contiguous(), s.contiguous(), z.contiguous(), self.g_idx, rl, self.damp)
+                for q, s, z, rl in parts]
 
     def dequantized(self) -> torch.Tensor:
         """W [out, in] fp32 as a loader computes it from the stored tensors."""
@@ -33,20 +44,28 @@ class QuantResult:
 
 
 class Hessian:
-    """Running sum of x x^T in fp32 over calibration tokens; one matmul per batch."""
+    """Sum of x x^T over calibration tokens, accumulated in fp32 (inputs upcast, fp32 matmuls).
 
-    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+    X^T X is symmetric, so only the block upper triangle is computed (one matmul per block row of
+    `blocks`: (k+1)/2k of the full product's work) and mirrored when the value is read.
+    """
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu", blocks: int = 4):
         self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
         self.tokens = 0
+        step = -(-columns // blocks)
+        self.bounds = [(i, min(i + step, columns)) for i in range(0, columns, step)]
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).to(self.sum.device, torch.float32)
-        self.sum.addmm_(x.t(), x)
+        for a, b in self.bounds:
+            self.sum[a:b, a:].addmm_(x[:, a:b].t(), x[:, a:])
         self.tokens += x.shape[0]
 
     def value(self) -> torch.Tensor:
         # Scale is irrelevant to GPTQ (damping is relative to the mean diagonal); 2/n as AutoGPTQ.
-        return self.sum * (2.0 / max(self.tokens, 1))
+        upper = torch.triu(self.sum)
+        return (upper + torch.triu(upper, 1).t()) * (2.0 / max(self.tokens, 1))
 
 
 def _group_count(columns: int, group_size: int) -> tuple[int, int]:
@@ -69,7 +88,7 @@ def rtn(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True, mse
         q[:, g * gs:(g + 1) * gs] = quantize(block, s[:, None], z[:, None], maxq).to(torch.uint8)
         scales[g], zeros[g] = s, z
     g_idx = (torch.arange(columns) // gs).to(torch.int32)
-    return QuantResult(q, scales, zeros.to(torch.int32), g_idx, 0.0, 0.0)
+    return QuantResult(q, scales, zeros.to(torch.int32), g_idx, torch.zeros(rows), 0.0)
 
 
 def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01,
@@ -145,7 +164,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 1
     group_list = group_at.tolist()
 
     Qt = torch.empty(columns, rows, device=device)
-    loss = torch.zeros((), device=device)
+    row_loss = torch.zeros(rows, device=device)
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
         W1 = Wt[i1:i2].clone()
@@ -167,10 +186,10 @@ def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 1
             Err1[i] = err
             # rank-1 update as a k=1 matmul: torch's CPU addr_ is ~50x slower than BLAS gemm here
             W1[i:].addmm_(Hinv1[i, i:, None], err[None], alpha=-1)
-        loss += (Err1 * Err1).sum() / 2  # GPTQ's (w - q)^2 / d^2 / 2, as err = (w - q) / d
+        row_loss += (Err1 * Err1).sum(0) / 2  # GPTQ's (w - q)^2 / d^2 / 2, as err = (w - q) / d
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
 
     Q = Qt[invperm].t().to(torch.uint8)
     g_idx = group_at[invperm].to(torch.int32)
     return QuantResult(Q.cpu().contiguous(), scales.cpu(), zeros.to(torch.int32).cpu(), g_idx.cpu(),
-                       float(loss.item()), damp_used)
+                       row_loss.cpu(), damp_used)

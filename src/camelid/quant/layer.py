@@ -35,8 +35,9 @@ def layer_prefix(i: int) -> str:
     return f"model.layers.{i}."
 
 
-def load_layer(ckpt: Checkpoint, config, i: int, device: torch.device | str = "cpu") -> nn.Module:
-    """Decoder layer i in fp32, weights read from the checkpoint (no random init, no other layer)."""
+def load_layer(ckpt: Checkpoint, config, i: int, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Decoder layer i in `dtype`, weights read from the checkpoint (no random init, no other layer)."""
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     with torch.device("meta"):
@@ -48,7 +49,7 @@ def load_layer(ckpt: Checkpoint, config, i: int, device: torch.device | str = "c
         from camelid.errors import CheckpointError
 
         raise CheckpointError(f"{ckpt.dir}: layer {i} lacks {', '.join(prefix + n for n in missing)}")
-    state = {n: ckpt.read(prefix + n).to(device, torch.float32) for n in names}
+    state = {n: ckpt.read(prefix + n).to(device, dtype) for n in names}
     layer.load_state_dict(state, assign=True)
     return layer.eval()
 
