@@ -75,15 +75,22 @@ def peak_rss_mb() -> float:
 
 
 def run_child(spec: dict) -> dict:
+    """Run one quantization in a subprocess: wall time, its CPU time (user+sys, which other load on
+    the machine inflates less than wall time), and its own peak RSS."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(THREADS))
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{spec['tool']} run failed:\n{proc.stderr[-4000:]}")
-    return {**json.loads(lines[-1][7:]), "wall_s": wall}
+    return {**json.loads(lines[-1][7:]), "wall_s": wall, "cpu_s": cpu}
 
 
 def prefix_tokens(tok, text: str, n_tokens: int) -> str:
@@ -234,6 +241,7 @@ def targets(rows: list[dict]) -> dict:
         t = {"kl_vs_rtn": r["kl_mean"] / rtn["kl_mean"] if rtn else None}
         if gm:
             t.update({"kl_vs_gptqmodel": r["kl_mean"] / gm["kl_mean"], "wall_vs_gptqmodel": r["wall_s"] / gm["wall_s"],
+                      "cpu_vs_gptqmodel": r["cpu_s"] / gm["cpu_s"],
                       "kl_ok": r["kl_mean"] <= 1.05 * gm["kl_mean"] and (rtn is None or r["kl_mean"] < rtn["kl_mean"]),
                       "time_ok": r["wall_s"] <= 0.5 * gm["wall_s"]})
         out[r["setting"]] = t
@@ -241,7 +249,7 @@ def targets(rows: list[dict]) -> dict:
 
 
 COLS = [("model", 11), ("method", 20), ("setting", 20), ("kl_mean", 9), ("top1_pct", 8), ("ppl", 9),
-        ("wall_s", 8), ("quant_s", 8), ("peak_rss_mb", 11)]
+        ("wall_s", 8), ("cpu_s", 8), ("peak_rss_mb", 11)]
 
 
 def _fmt(row: dict) -> str:

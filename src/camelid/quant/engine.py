@@ -158,13 +158,15 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: tor
         if need_data:
             for b in range(0, n, batch):
                 h = hidden[b:b + batch].to(device, dtype)
-                c = None if stage < 2 else carry[b:b + batch].to(device, dtype)
+                c = None if stage == 0 else carry[b:b + batch].to(device, dtype)
                 with torch.no_grad():
-                    x, c_next = stage_input(layer, stage, h, c, pe)
+                    x, c_next, h_next = stage_input(layer, stage, h, c, pe, x2_in_h=p.true_sequential)
                 if hess is not None:
                     hess.add(x)
-                if stage in (1, 2):
+                if stage < 3:
                     carry[b:b + batch] = c_next.to(carry.dtype).cpu()
+                if h_next is not None and p.true_sequential:  # the layer input is not needed again
+                    hidden[b:b + batch] = h_next.to(hidden.dtype).cpu()
         if quantized:
             if p.true_sequential or not need_data:
                 finish(quantized, hess)

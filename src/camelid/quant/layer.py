@@ -85,27 +85,38 @@ class _Stop(Exception):
     pass
 
 
-def stage_input(layer: nn.Module, stage: int, h: torch.Tensor, carry: torch.Tensor | None, pe):
-    """Input of GROUPS[stage] for hidden states h; returns (input, carry for the next stage).
+def stage_input(layer: nn.Module, stage: int, h: torch.Tensor, carry: torch.Tensor | None, pe,
+                x2_in_h: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Input of GROUPS[stage]; returns (input, carry for the next stage, replacement for h or None).
 
-    carry after stage 1 is the attention context, after stage 2 the post-attention residual h2,
-    so that later stages see the already-quantized Linears of earlier ones (true-sequential).
+    Each stage starts from what the previous one left in `carry` (x1 = ln1(h), then the attention
+    context, then the post-attention residual h2), so later stages see the already-quantized Linears
+    of earlier ones (true-sequential) and no norm or projection is computed twice. Stage 2 also
+    returns x2 = ln2(h2), which the caller may keep in place of h (`x2_in_h` for stage 3).
     """
     if stage == 0:
-        return layer.input_layernorm(h), None
+        x1 = layer.input_layernorm(h)
+        return x1, x1, None
     if stage == 1:
-        ctx = _attention_context(layer, layer.input_layernorm(h), pe)
-        return ctx, ctx
+        ctx = _attention_context(layer, carry, pe)
+        return ctx, ctx, None
     if stage == 2:
         h2 = h + layer.self_attn.o_proj(carry)
-        return layer.post_attention_layernorm(h2), h2
+        x2 = layer.post_attention_layernorm(h2)
+        return x2, h2, x2
+    x2 = h if x2_in_h else layer.post_attention_layernorm(carry)
+    return mlp_activation(layer, x2), carry, None
+
+
+def mlp_activation(layer: nn.Module, x2: torch.Tensor) -> torch.Tensor:
+    """Input of down_proj: act(gate(x2)) * up(x2)."""
     mlp = layer.mlp
-    x2 = layer.post_attention_layernorm(carry)
-    return mlp.act_fn(mlp.gate_proj(x2)) * mlp.up_proj(x2), carry
+    return mlp.act_fn(mlp.gate_proj(x2)) * mlp.up_proj(x2)
 
 
 def layer_output(layer: nn.Module, h: torch.Tensor, pe, h2: torch.Tensor | None = None) -> torch.Tensor:
-    """Output of the layer; with h2 (the post-attention residual, already computed) only the MLP runs."""
+    """Output of the layer for input h; with h2 (the post-attention residual, already computed) and
+    h holding x2 = ln2(h2), only the MLP runs."""
     if h2 is None:
         return layer(h, attention_mask=None, position_embeddings=pe)
-    return h2 + layer.mlp(layer.post_attention_layernorm(h2))
+    return h2 + layer.mlp.down_proj(mlp_activation(layer, h))
