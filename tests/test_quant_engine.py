@@ -134,3 +134,21 @@ def test_calibration_files(tmp_path):
     ids = torch.arange(1000)
     a, b = sample_windows(ids, 4, 100, seed=3), sample_windows(ids, 4, 100, seed=3)
     assert torch.equal(a, b) and a.shape == (4, 100) and torch.equal(a[:, 1] - a[:, 0], torch.ones(4, dtype=torch.long))
+
+
+def test_lm_head_quantized_on_untied_model(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    out = quantize(tmp_path / "m", tmp_path / "q", bits=8, group_size=32, lm_head=True, calibration=ids, progress=False)
+    t = load_file(out / "model.safetensors")
+    assert t["lm_head.qweight"].shape == (64 * 8 // 32, 256) and "lm_head.weight" not in t
+    assert json.loads((out / "quantize_config.json").read_text())["lm_head"] is True
+    fp = LlamaForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        a, b = fp(ids).logits, dense_model(out)(ids).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -103,17 +104,26 @@ def quantize_weight(w: torch.Tensor, h: Hessian | None, p: QuantParams, prepared
                 p.damp, p.mse, prepared=prepared)
 
 
-def quantize_group(weights: dict[str, torch.Tensor], hess: Hessian | None, p: QuantParams
-                   ) -> tuple[dict[str, QuantResult], float]:
+def quantize_group(names: list[str], read: Callable[[str], torch.Tensor], hess: Hessian | None,
+                   p: QuantParams) -> tuple[dict[str, QuantResult], float]:
     """Quantize Linears that read the same input as one row-stacked matrix: GPTQ treats rows
     independently given H, so this equals quantizing each alone, with one factorization of H and one
-    pass of the column loop instead of one per Linear. Returns results and seconds spent."""
+    pass of the column loop instead of one per Linear. Returns results and seconds spent.
+
+    The Hessian is factored (and its buffer consumed) before the weights are read, to keep the
+    largest matrices of a layer from being alive at once."""
     t0 = time.perf_counter()
-    prepared = prepare_hessian(hess.value(), p.act_order, p.damp) if p.method == "gptq" else None
-    stacked = torch.cat(list(weights.values()))
+    prepared = prepare_hessian(hess, p.act_order, p.damp) if p.method == "gptq" else None
+    sizes = []
+    parts = []
+    for nm in names:
+        parts.append(read(nm))
+        sizes.append(parts[-1].shape[0])
+    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
+    del parts
     res = quantize_weight(stacked, hess, p, prepared)
-    parts = res.split_rows([w.shape[0] for w in weights.values()])
-    return dict(zip(weights, parts, strict=True)), time.perf_counter() - t0
+    del stacked, prepared
+    return dict(zip(names, res.split_rows(sizes), strict=True)), time.perf_counter() - t0
 
 
 def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: torch.Tensor | None,
@@ -137,16 +147,16 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: tor
     def finish(names: list[str], hess: Hessian | None) -> None:
         if bar is not None:
             bar.set_postfix_str(",".join(nm.split(".")[-1] for nm in names))
-        weights = {nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32) for nm in names}
-        results, seconds = quantize_group(weights, hess, p)
-        total = sum(w.shape[0] for w in weights.values())
+        results, seconds = quantize_group(
+            names, lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32), hess, p)
+        total = sum(r.q.shape[0] for r in results.values())
         for nm, res in results.items():
             lin = mods[nm]
             lin.weight.data = res.dequantized().to(lin.weight.device, dtype)
             tensors.update(pack_linear(prefix + nm, res, p.bits))
             # the group's time, shared out by rows
             rows.append({"layer": i, "module": nm, "loss": f"{res.loss:.6g}", "damp": res.damp,
-                         "seconds": f"{seconds * weights[nm].shape[0] / total:.3f}"})
+                         "seconds": f"{seconds * res.q.shape[0] / total:.3f}"})
 
     for stage, group in enumerate(GROUPS):
         quantized = [nm for nm in group if packable(mods[nm].in_features, mods[nm].out_features,

@@ -44,8 +44,11 @@ def packable(in_features: int, out_features: int, bits: int, group_size: int) ->
 
 def pack_linear(prefix: str, res: QuantResult, bits: int) -> dict[str, torch.Tensor]:
     """Tensors of one quantized Linear under `prefix` (e.g. 'model.layers.0.self_attn.q_proj')."""
+    # packed in slices of output columns: the packer widens to int64, 8 bytes per weight at once
+    qweight = torch.cat([pack_qweight(res.q[c:c + 512].t().to(torch.int32), bits)
+                         for c in range(0, res.q.shape[0], 512)], dim=1)
     return {
-        f"{prefix}.qweight": pack_qweight(res.q.t().to(torch.int32), bits),
+        f"{prefix}.qweight": qweight,
         f"{prefix}.qzeros": pack_qzeros(res.zeros.to(torch.int32), bits, v1=True),
         f"{prefix}.scales": res.scales.to(torch.float16).contiguous(),
         f"{prefix}.g_idx": res.g_idx.to(torch.int32).contiguous(),

@@ -37,10 +37,14 @@ class QuantResult:
         return [QuantResult(q.contiguous(), s.contiguous(), z.contiguous(), self.g_idx, rl, self.damp)
                 for q, s, z, rl in parts]
 
-    def dequantized(self) -> torch.Tensor:
-        """W [out, in] fp32 as a loader computes it from the stored tensors."""
-        g = self.g_idx.long()
-        return (self.scales[g].t() * (self.q.float() - self.zeros[g].t().float()))
+    def dequantized(self, chunk: int = 1024) -> torch.Tensor:
+        """W [out, in] fp32 as a loader computes it from the stored tensors (in column chunks, so
+        the gathered scales/zeros never exceed a slice of the matrix)."""
+        out = torch.empty(self.q.shape, dtype=torch.float32, device=self.q.device)
+        for c in range(0, self.q.shape[1], chunk):
+            g = self.g_idx[c:c + chunk].long()
+            out[:, c:c + chunk] = self.scales[g].t() * (self.q[:, c:c + chunk].float() - self.zeros[g].t())
+        return out
 
 
 class Hessian:
@@ -62,10 +66,23 @@ class Hessian:
             self.sum[a:b, a:].addmm_(x[:, a:b].t(), x[:, a:])
         self.tokens += x.shape[0]
 
-    def value(self) -> torch.Tensor:
+    def _mirror(self, h: torch.Tensor) -> torch.Tensor:
+        """Fill the lower off-diagonal blocks from the upper ones, in place, and scale by 2/n."""
+        for i, (a, b) in enumerate(self.bounds):
+            for c, d in self.bounds[i + 1:]:
+                h[c:d, a:b].copy_(h[a:b, c:d].t())
         # Scale is irrelevant to GPTQ (damping is relative to the mean diagonal); 2/n as AutoGPTQ.
-        upper = torch.triu(self.sum)
-        return (upper + torch.triu(upper, 1).t()) * (2.0 / max(self.tokens, 1))
+        return h.mul_(2.0 / max(self.tokens, 1))
+
+    def value(self) -> torch.Tensor:
+        """H = 2/n sum x x^T as a new tensor."""
+        return self._mirror(self.sum.clone())
+
+    def take(self) -> torch.Tensor:
+        """H computed in the accumulation buffer itself, which this object gives up (no copy: for
+        an 11008-wide MLP input one copy is 485 MB)."""
+        h, self.sum = self.sum, None
+        return self._mirror(h)
 
 
 def _group_count(columns: int, group_size: int) -> tuple[int, int]:
@@ -91,49 +108,58 @@ def rtn(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True, mse
     return QuantResult(q, scales, zeros.to(torch.int32), g_idx, torch.zeros(rows), 0.0)
 
 
-def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01,
-                     max_damp: float = 1.0) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (U^T U = H^-1), raising damp
-    until H is positive definite. Returns (U, damp used).
-
-    Calibration sets that are small or repetitive give a rank-deficient H; instead of failing, the
-    damping grows by `damp_step` until it factors. U comes from one Cholesky of the reversed H and a
-    triangular inverse (J H J = L L^T  =>  H^-1 = (J L^-1 J)^T (J L^-1 J)), a third of the work of
-    AutoGPTQ's chol -> cholesky_inverse -> chol.
-    """
-    mean_diag = torch.mean(torch.diag(h)).item()
-    eye = torch.arange(h.shape[0], device=h.device)
-    flipped = h.flip(0, 1)
-    while True:
-        hd = flipped.clone()
-        hd[eye, eye] += damp * mean_diag
-        chol, info = torch.linalg.cholesky_ex(hd)
-        if info.item() == 0:
-            ident = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-            linv = torch.linalg.solve_triangular(chol, ident, upper=False)
-            factor = linv.flip(0, 1)
-            if torch.isfinite(factor).all():
-                return factor, damp
-        if damp >= max_damp:
-            raise CamelidError(f"Hessian is not positive definite even with damp {damp:.4f}; "
-                               "use more calibration samples")
-        damp = min(round(damp + damp_step, 6), max_damp)
-
-
-def prepare_hessian(h: torch.Tensor, act_order: bool, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def prepare_hessian(h: torch.Tensor | Hessian, act_order: bool, damp: float, damp_step: float = 0.01,
+                    max_damp: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(dead columns, permutation, Hinv factor in permuted order, damp used) for a Hessian.
 
     Depends on H alone, so Linears that share an input (k/v/q, up/gate) share one factorization.
+    The factor is the upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (U^T U = H^-1),
+    from one Cholesky of the reversed H and a triangular inverse
+    (J H J = L L^T  =>  H^-1 = (J L^-1 J)^T (J L^-1 J)): a third of the work of AutoGPTQ's
+    chol -> cholesky_inverse -> chol. When H is not positive definite (small or repetitive
+    calibration sets), the damping grows by `damp_step` until it factors, instead of failing.
+
+    A `Hessian` is consumed (its buffer reused); a tensor is copied first. Every step rebinds the
+    one local reference, so at most two n x n matrices are alive at a time.
     """
-    H = h.clone()
+    H = h.take() if isinstance(h, Hessian) else h.clone()
+    n = H.shape[0]
     dead = torch.diag(H) == 0  # inputs that are always 0 carry no information; pin them
     H[dead, dead] = 1
-    perm = torch.arange(H.shape[0], device=H.device)
+    perm = torch.arange(n, device=H.device)
     if act_order:  # columns with the largest input energy first, while there is most room to compensate
         perm = torch.argsort(torch.diag(H), descending=True)
-        H = H[perm][:, perm]
-    hinv, damp_used = inverse_cholesky(H, damp)
-    return dead, perm, hinv, damp_used
+    order = perm.flip(0)  # the permuted H, reversed for the factorization trick above
+    H = H[order]
+    H = H[:, order]
+    mean_diag = torch.mean(torch.diag(H)).item()
+    diag = H.diagonal()
+    diag += damp * mean_diag
+    while True:
+        L, info = torch.linalg.cholesky_ex(H)
+        if info.item() == 0:
+            break
+        del L
+        if damp >= max_damp:
+            raise CamelidError(f"Hessian is not positive definite even with damp {damp:.4f}; "
+                               "use more calibration samples")
+        new = min(round(damp + damp_step, 6), max_damp)
+        diag += (new - damp) * mean_diag
+        damp = new
+    del H, diag
+    inv = torch.eye(n, dtype=L.dtype, device=L.device)
+    torch.linalg.solve_triangular(L, inv, upper=False, out=inv)
+    del L
+    inv = inv.flip(0, 1)
+    if not torch.isfinite(inv).all():
+        raise CamelidError("Hessian inverse is not finite; use more calibration samples or a larger --damp")
+    return dead, perm, inv, damp
+
+
+def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + damp)^-1 and the damp used (see `prepare_hessian`)."""
+    _, _, factor, used = prepare_hessian(h, False, damp, damp_step)
+    return factor, used
 
 
 def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 128, sym: bool = True,
@@ -163,7 +189,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 1
     group_at = (perm // gs) if static_groups else (torch.arange(columns, device=device) // gs)
     group_list = group_at.tolist()
 
-    Qt = torch.empty(columns, rows, device=device)
+    Qt = torch.empty(columns, rows, dtype=torch.uint8, device=device)
     row_loss = torch.zeros(rows, device=device)
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
@@ -189,7 +215,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 1
         row_loss += (Err1 * Err1).sum(0) / 2  # GPTQ's (w - q)^2 / d^2 / 2, as err = (w - q) / d
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
 
-    Q = Qt[invperm].t().to(torch.uint8)
+    Q = Qt[invperm].t()
     g_idx = group_at[invperm].to(torch.int32)
     return QuantResult(Q.cpu().contiguous(), scales.cpu(), zeros.to(torch.int32).cpu(), g_idx.cpu(),
                        row_loss.cpu(), damp_used)
