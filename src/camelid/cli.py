@@ -34,6 +34,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         static_groups=args.static_groups, mse=args.mse, lm_head=args.lm_head, device=args.device,
         seed=args.seed, method=args.method, template=args.template, spill=args.spill,
         overwrite=args.overwrite, revision=args.revision, max_shard_size=args.max_shard_size,
+        compute=args.compute_dtype,
     )
     print(f"wrote {out}")
     return 0
@@ -67,6 +68,9 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn"))
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
+    p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "
+                        "matmul, else fp32); Hessians are always accumulated in fp32")
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_quantize)
