@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from camelid.cli import main as camelid
 from camelid.errors import CamelidError
 from camelid.quant import engine, quantize
-from camelid.quant.calib import read_texts, render_alpaca, sample_windows
+from camelid.quant.calib import calibration_windows, read_texts, sample_windows
 from camelid.quant.reader import dense_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,17 +120,29 @@ def test_cli_quantize_and_errors(tmp_path, capsys):
 
 
 def test_calibration_files(tmp_path):
+    from camelid.quant.calib import instruction_renderer, load_tokenizer
+
     (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n{"text": "world"}\n')
     assert read_texts(tmp_path / "a.jsonl") == ["hello", "world"]
     recs = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
             {"instruction": "Sort.", "input": "3 1 2", "output": "1 2 3"}]
     (tmp_path / "b.json").write_text(json.dumps(recs))
-    texts = read_texts(tmp_path / "b.json")
-    assert texts[0] == render_alpaca(recs[0]) and "### Input:\n3 1 2" in texts[1] and texts[1].endswith("1 2 3")
-    assert read_texts(tmp_path / "b.json", template="tulu")[0] == "<|user|>\nAdd 2 and 3.\n<|assistant|>\n5"
+    tok = load_tokenizer(STORIES)
+    texts = read_texts(tmp_path / "b.json", instruction_renderer(tok, "alpaca"))
+    assert "### Instruction:\nAdd 2 and 3.\n\n### Response:\n5" in texts[0]
+    assert "### Instruction:\nSort.\n\n3 1 2\n\n### Response:\n1 2 3" in texts[1]
+    tulu = read_texts(tmp_path / "b.json", instruction_renderer(tok, "tulu"))[0]
+    assert "<|user|>\nAdd 2 and 3.\n<|assistant|>\n5" in tulu
+    with pytest.raises(CamelidError, match="unknown prompt template"):
+        instruction_renderer(tok, "nope")
+    with pytest.raises(CamelidError, match="tokenizer and prompt template"):
+        read_texts(tmp_path / "b.json")
     (tmp_path / "c.json").write_text('[{"prompt": "x"}]')
     with pytest.raises(CamelidError, match="neither"):
         read_texts(tmp_path / "c.json")
+    # the code set as shipped (Alpaca records) renders through the same path
+    ids = calibration_windows(tok, "code", tmp_path / "b.json", nsamples=2, seq_len=8)
+    assert ids.shape == (2, 8)
     ids = torch.arange(1000)
     a, b = sample_windows(ids, 4, 100, seed=3), sample_windows(ids, 4, 100, seed=3)
     assert torch.equal(a, b) and a.shape == (4, 100) and torch.equal(a[:, 1] - a[:, 0], torch.ones(4, dtype=torch.long))

@@ -54,8 +54,9 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--damp", type=float, default=0.01, help="damping, fraction of the mean Hessian diagonal")
     p.add_argument("--dataset", default="wikitext2", help="wikitext2, code, or a file (.txt/.jsonl/.json)")
     p.add_argument("--dataset-path", default=None, help="local file for a named --dataset")
-    p.add_argument("--template", default="alpaca", choices=("alpaca", "tulu"),
-                   help="prompt template for instruction/input/output records")
+    p.add_argument("--template", default="alpaca",
+                   help="camelid chat template (alpaca, tulu, llama-2-chat, ...) used to render "
+                        "instruction/input/output calibration records")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True)

@@ -3,14 +3,14 @@
 The windowing is the GPTQ reference's (IST-DASLab `datautils.py`): the corpus is joined with blank
 lines, tokenized as one stream, and each sample starts at a uniformly random offset.
 Sources: plain text; `.jsonl`/`.json` records with a `text` field; Alpaca-style
-instruction/input/output records rendered with a prompt template. Named sets (`wikitext2`, `code`)
+instruction/input/output records rendered with a prompt template of `camelid.chat`. Named sets (`wikitext2`, `code`)
 read `--dataset-path` when given, else the Hugging Face `datasets` library (needs the Hub).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -23,42 +23,38 @@ NAMED_SETS = {
     "code": (("sahil280114/codealpaca",), "train", None),
 }
 
-_ALPACA = ("Below is an instruction that describes a task{ctx}. "
-           "Write a response that appropriately completes the request.\n\n"
-           "### Instruction:\n{instruction}\n\n{input}### Response:\n{output}")
+def instruction_renderer(tokenizer, template: str = "alpaca") -> Callable[[dict], str]:
+    """Render an instruction/input/output record as one user/assistant exchange with a prompt template
+    of camelid's registry (`camelid.chat`), exactly as chat and training see it."""
+    from camelid.chat.templates import TEMPLATES, render_template
+
+    if template not in TEMPLATES:
+        raise CamelidError(f"unknown prompt template {template!r}; choose from {sorted(TEMPLATES)}")
+
+    def render(rec: dict) -> str:
+        user = rec["instruction"] + ("\n\n" + rec["input"] if rec.get("input") else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": rec.get("output", "")}]
+        return render_template(tokenizer, messages, template, add_generation_prompt=False)
+
+    return render
 
 
-def render_alpaca(rec: dict) -> str:
-    inp = rec.get("input") or ""
-    return _ALPACA.format(
-        ctx=", paired with an input that provides further context" if inp else "",
-        instruction=rec["instruction"], input=f"### Input:\n{inp}\n\n" if inp else "", output=rec.get("output", ""))
-
-
-def render_tulu(rec: dict) -> str:
-    user = rec["instruction"] + ("\n\n" + rec["input"] if rec.get("input") else "")
-    return f"<|user|>\n{user}\n<|assistant|>\n{rec.get('output', '')}"
-
-
-TEMPLATES = {"alpaca": render_alpaca, "tulu": render_tulu}
-
-
-def record_text(rec: object, template: str = "alpaca") -> str:
+def record_text(rec: object, render: Callable[[dict], str] | None = None) -> str:
     if isinstance(rec, str):
         return rec
     if isinstance(rec, dict):
         if isinstance(rec.get("text"), str):
             return rec["text"]
         if isinstance(rec.get("instruction"), str):
-            return TEMPLATES[template](rec)
+            if render is None:
+                raise CamelidError("instruction records need a tokenizer and prompt template to render")
+            return render(rec)
     raise CamelidError(f"calibration record has neither a 'text' nor an 'instruction' field: {str(rec)[:80]}")
 
 
-def read_texts(path: str | Path, template: str = "alpaca") -> list[str]:
+def read_texts(path: str | Path, render: Callable[[dict], str] | None = None) -> list[str]:
     """Texts of a local calibration file (.txt/.raw: the whole file; .jsonl/.json: one per record)."""
     path = Path(path)
-    if template not in TEMPLATES:
-        raise CamelidError(f"unknown prompt template {template!r}; choose from {sorted(TEMPLATES)}")
     if not path.is_file():
         raise CamelidError(f"calibration file not found: {path}")
     try:
@@ -72,10 +68,10 @@ def read_texts(path: str | Path, template: str = "alpaca") -> list[str]:
             return [path.read_text()]
     except (ValueError, UnicodeDecodeError) as e:
         raise CamelidError(f"{path}: not valid JSON/JSONL ({e})") from e
-    return [record_text(r, template) for r in records]
+    return [record_text(r, render) for r in records]
 
 
-def _hub_texts(name: str, template: str) -> list[str]:
+def _hub_texts(name: str, render: Callable[[dict], str]) -> list[str]:
     args, split, field = NAMED_SETS[name]
     try:
         import datasets
@@ -87,15 +83,16 @@ def _hub_texts(name: str, template: str) -> list[str]:
     except Exception as e:  # offline / hub errors come in many types
         raise CamelidError(f"cannot load {name} from the Hugging Face Hub ({e.__class__.__name__}); "
                            "pass a local copy with --dataset-path FILE") from e
-    return [r[field] if field else record_text(r, template) for r in ds]
+    return [r[field] if field else record_text(r, render) for r in ds]
 
 
-def load_texts(dataset: str, dataset_path: str | Path | None = None, template: str = "alpaca") -> list[str]:
+def load_texts(dataset: str, dataset_path: str | Path | None = None,
+               render: Callable[[dict], str] | None = None) -> list[str]:
     if dataset_path is not None:
-        return read_texts(dataset_path, template)
+        return read_texts(dataset_path, render)
     if dataset in NAMED_SETS:
-        return _hub_texts(dataset, template)
-    return read_texts(dataset, template)
+        return _hub_texts(dataset, render)
+    return read_texts(dataset, render)
 
 
 def sample_windows(token_ids: torch.Tensor, nsamples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -119,6 +116,6 @@ def load_tokenizer(model_dir: str | Path):
 
 def calibration_windows(tokenizer, dataset: str, dataset_path: str | Path | None = None, nsamples: int = 128,
                         seq_len: int = 2048, seed: int = 0, template: str = "alpaca") -> torch.Tensor:
-    texts = load_texts(dataset, dataset_path, template)
+    texts = load_texts(dataset, dataset_path, instruction_renderer(tokenizer, template))
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
     return sample_windows(ids, nsamples, seq_len, seed)
