@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -97,14 +98,15 @@ def activation_buffer(shape: tuple[int, ...], spill: Path | None, dtype: torch.d
     return torch.from_file(str(spill), shared=True, size=n, dtype=dtype).view(shape)
 
 
-def quantize_weight(w: torch.Tensor, h: Hessian | None, p: QuantParams, prepared: tuple | None = None) -> QuantResult:
+def quantize_weight(w: torch.Tensor, h: Hessian | None, p: QuantParams, prepared: tuple | None = None,
+                    overwrite: bool = False) -> QuantResult:
     if p.method == "rtn":
         return rtn(w, p.bits, p.group_size, p.sym, p.mse)
     return gptq(w, None if prepared else h.value(), p.bits, p.group_size, p.sym, p.act_order, p.static_groups,
-                p.damp, p.mse, prepared=prepared)
+                p.damp, p.mse, prepared=prepared, overwrite=overwrite)
 
 
-def quantize_group(names: list[str], read: Callable[[str], torch.Tensor], hess: Hessian | None,
+def quantize_group(names: list[str], rows: list[int], read: Callable[[str], torch.Tensor], hess: Hessian | None,
                    p: QuantParams) -> tuple[dict[str, QuantResult], float]:
     """Quantize Linears that read the same input as one row-stacked matrix: GPTQ treats rows
     independently given H, so this equals quantizing each alone, with one factorization of H and one
@@ -114,16 +116,17 @@ def quantize_group(names: list[str], read: Callable[[str], torch.Tensor], hess: 
     largest matrices of a layer from being alive at once."""
     t0 = time.perf_counter()
     prepared = prepare_hessian(hess, p.act_order, p.damp) if p.method == "gptq" else None
-    sizes = []
-    parts = []
-    for nm in names:
-        parts.append(read(nm))
-        sizes.append(parts[-1].shape[0])
-    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
-    del parts
-    res = quantize_weight(stacked, hess, p, prepared)
-    del stacked, prepared
-    return dict(zip(names, res.split_rows(sizes), strict=True)), time.perf_counter() - t0
+    # W^T of the stacked Linears, filled one Linear at a time, handed to GPTQ as its scratch buffer
+    wt = None
+    for nm, (start, stop) in zip(names, itertools.pairwise([0, *itertools.accumulate(rows)]), strict=True):
+        w = read(nm)
+        if wt is None:
+            wt = torch.empty(w.shape[1], sum(rows), dtype=torch.float32, device=w.device)
+        wt[:, start:stop] = w.t()
+        del w
+    res = quantize_weight(wt.t(), hess, p, prepared, overwrite=True)
+    del wt, prepared
+    return dict(zip(names, res.split_rows(rows), strict=True)), time.perf_counter() - t0
 
 
 def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: torch.Tensor | None,
@@ -148,7 +151,8 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: tor
         if bar is not None:
             bar.set_postfix_str(",".join(nm.split(".")[-1] for nm in names))
         results, seconds = quantize_group(
-            names, lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32), hess, p)
+            names, [mods[nm].out_features for nm in names],
+            lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32), hess, p)
         total = sum(r.q.shape[0] for r in results.values())
         for nm, res in results.items():
             lin = mods[nm]

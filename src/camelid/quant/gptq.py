@@ -164,15 +164,18 @@ def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01) -> t
 
 def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 128, sym: bool = True,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01, mse: bool = False,
-         block_size: int = 128, prepared: tuple | None = None) -> QuantResult:
-    """Quantize W [out, in] with Hessian H [in, in] (or its `prepare_hessian` result). Inputs unchanged.
+         block_size: int = 128, prepared: tuple | None = None, overwrite: bool = False) -> QuantResult:
+    """Quantize W [out, in] with Hessian H [in, in] (or its `prepare_hessian` result). Inputs are left
+    unchanged, except W with `overwrite` (used as scratch when it is a transposed fp32 buffer).
 
     Works on W^T so that a column of W is a contiguous row: the per-column rank-1 updates then
     stream through memory instead of striding across it.
     """
     dead, perm, Hinv, damp_used = prepared or prepare_hessian(h, act_order, damp)
     device = Hinv.device
-    Wt = w.to(device, torch.float32).t().clone()  # [in, out]
+    Wt = w.to(device, torch.float32).t()  # [in, out]
+    if not (overwrite and Wt.is_contiguous() and Wt.data_ptr() == w.data_ptr()):
+        Wt = Wt.clone()  # unless the caller handed over an fp32 W^T buffer (`overwrite`): one copy less
     columns, rows = Wt.shape
     gs, ngroups = _group_count(columns, group_size)
     maxq = max_q(bits)
@@ -183,7 +186,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 1
     if static_groups:  # groups fixed on the original column order, before any permutation
         for g in range(ngroups):
             scales[g], zeros[g] = find_params(Wt[g * gs:(g + 1) * gs].t(), bits, sym, mse)
-    Wt = Wt[perm]
+    if act_order:
+        Wt = Wt[perm]
     invperm = torch.argsort(perm)
     # Group of each position in quantization order: static groups follow the original column.
     group_at = (perm // gs) if static_groups else (torch.arange(columns, device=device) // gs)
