@@ -29,6 +29,9 @@ def main() -> int:
         ["quantize", str(MODEL), str(OUT / "stories260K-gptq-4bit-g32"), "--bits", "4", "--group-size", "32",
          "--act-order", "--dataset", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "128",
          "--nsamples", "32", "--overwrite"],
+        # how far the quantized model drifts from the original (KL, top-1 agreement, both perplexities)
+        ["eval", "kld", str(OUT / "stories260K-gptq-4bit-g32"), "--reference", str(MODEL),
+         "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
     ]
     for step in steps:
         print("$ camelid " + " ".join(step), flush=True)
