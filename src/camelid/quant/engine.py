@@ -98,6 +98,17 @@ def activation_buffer(shape: tuple[int, ...], spill: Path | None, dtype: torch.d
     return torch.from_file(str(spill), shared=True, size=n, dtype=dtype).view(shape)
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS after each layer (glibc keeps mid-sized frees in its
+    arenas, and over many layers that fragmentation shows up as RSS)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def quantize_weight(w: torch.Tensor, h: Hessian | None, p: QuantParams, prepared: tuple | None = None,
                     overwrite: bool = False) -> QuantResult:
     if p.method == "rtn":
@@ -375,6 +386,8 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             prog["layers_done"] = i + 1
             prog["log"] += rows
             save_progress(work, prog, hidden, i)
+            del tensors
+            release_freed_memory()
         bar.close()
 
         extra: dict[str, torch.Tensor] = {}
