@@ -197,6 +197,11 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: tor
                 finish(quantized, hess)
             else:
                 pending.append((quantized, hess))
+        if stage == 2 and p.true_sequential:
+            # h2 is in `carry`: attention is done for this layer, its weights need not stay in RAM
+            # while the widest Hessian (down_proj's) is factored
+            for nm in (*GROUPS[0], *GROUPS[1]):
+                mods[nm].weight.data = torch.empty(0, dtype=dtype, device=device)
     for names, hess in pending:  # not true-sequential: every group saw the unquantized layer
         finish(names, hess)
 
