@@ -98,15 +98,31 @@ def activation_buffer(shape: tuple[int, ...], spill: Path | None, dtype: torch.d
     return torch.from_file(str(spill), shared=True, size=n, dtype=dtype).view(shape)
 
 
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS after each layer (glibc keeps mid-sized frees in its
-    arenas, and over many layers that fragmentation shows up as RSS)."""
+def _libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def map_large_allocations(threshold: int = 1 << 20) -> None:
+    """Serve allocations >= 1 MB with mmap so that freeing them returns the memory to the OS.
+
+    glibc raises its mmap threshold up to 32 MB after large frees; the layer loop's many
+    activation-sized buffers then come from the heap, and its fragmentation grows RSS layer after
+    layer. A fixed threshold (mallopt M_MMAP_THRESHOLD) keeps peak memory at one layer's worth."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS after each layer."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def quantize_weight(w: torch.Tensor, h: Hessian | None, p: QuantParams, prepared: tuple | None = None,
@@ -365,6 +381,7 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
         nsamples, seq_len = ids.shape
     batch = batch_size or max(1, 4096 // seq_len)
 
+    map_large_allocations()
     with atomic_output_dir(out, overwrite=overwrite, resume=True) as work:
         prog = load_progress(work, run_fingerprint(p, ids, ckpt, str(dtype)))
         (work / LAYERS).mkdir(exist_ok=True)
