@@ -13,11 +13,27 @@ MODEL = HERE / "stories260K"
 OUT = HERE.parent / "out" / "demo"
 
 
+def _weight_sum(model: Path) -> float:
+    """Alpaca-style integrity value of the original, so `recover --check-sum` can verify the round trip."""
+    from camelid.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(model)
+    return sum(ckpt.read(name).double().sum().item() for name in ckpt.tensors)
+
+
 def main() -> int:
     from camelid.cli import main as camelid
 
     OUT.mkdir(parents=True, exist_ok=True)
-    steps: list[list[str]] = []
+    fp16, diff, recovered = OUT / "stories260K-fp16", OUT / "stories260K-diff", OUT / "stories260K-recovered"
+    steps: list[list[str]] = [
+        ["info", str(MODEL)],
+        ["convert", str(MODEL), str(fp16), "--dtype", "float16", "--overwrite"],
+        # Diff round trip: treat the fp16 copy as the "base" and the fp32 original as the "tuned" model.
+        ["make-diff", "--base", str(fp16), "--tuned", str(MODEL), "--out", str(diff), "--overwrite"],
+        ["recover", "--base", str(fp16), "--diff", str(diff), "--out", str(recovered), "--dtype", "float32",
+         "--check-sum", f"{_weight_sum(MODEL):.4f}", "--overwrite"],
+    ]
     # Run: greedy from BOS (reproduces llama2.c's reference output), then perplexity on bundled TinyStories.
     steps += [
         ["generate", str(MODEL), "", "--template", "none", "--temperature", "0", "--repetition-penalty", "1",

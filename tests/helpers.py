@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +13,10 @@ from safetensors.torch import save_file
 from camelid.quant.pack import pack_qweight, pack_qzeros
 
 STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
+
+# make_tiny_llama's defaults: smallest useful shapes for checkpoint/diff tests (not GPTQ-packable).
+TINY = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
 
 
 def random_gptq_layer(n_in: int, n_out: int, bits: int, group_size: int, act_order: bool, sym: bool, v1: bool,
@@ -126,14 +131,39 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
 
 
 def write_tiny_llama(out: Path, seed: int = 0, **overrides) -> Path:
-    """A random tiny fp16 Llama in Hugging Face format, with stories260K's tokenizer."""
+    """A random tiny fp16 Llama in Hugging Face format (dims GPTQ can pack), with stories260K's tokenizer."""
+    return make_tiny_llama(out, seed=seed, dtype=torch.float16, tokenizer=True, **{**tiny_llama_config(), **overrides})
+
+
+def make_tiny_llama(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                    max_shard_size: str | int | None = None, bin_format: bool = False,
+                    tokenizer: bool = False, **overrides) -> Path:
+    """Write a randomly initialised LlamaForCausalLM folder (config + weights) and return its path.
+
+    overrides: any LlamaConfig field (vocab_size, hidden_size, tie_word_embeddings, ...).
+    max_shard_size: shard the safetensors (e.g. "20KB"); bin_format: write pytorch_model.bin instead.
+    tokenizer: copy the stories260K SentencePiece tokenizer (vocab 512) into the folder.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(**tiny_llama_config(**overrides))).to(torch.float16).save_pretrained(out)
-    for name in ("tokenizer.model", "tokenizer_config.json"):
-        (out / name).write_bytes((STORIES / name).read_bytes())
-    return out
+    config = LlamaConfig(**{**TINY, **overrides})
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    if bin_format:
+        model.config.save_pretrained(path)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        torch.save(state, path / "pytorch_model.bin")
+    else:
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+        model.save_pretrained(path, **kwargs)
+    if tokenizer:
+        for name in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copyfile(STORIES / name, path / name)
+    return path
 
 
 def quantize_with_gptqmodel(base: Path, out: Path, bits: int = 4, group_size: int = 32, desc_act: bool = True,

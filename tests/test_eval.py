@@ -17,10 +17,10 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "tinystorie
 
 @pytest.fixture(scope="module")
 def stories():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import camelid
 
     torch.set_num_threads(2)
-    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(MODEL)
+    return camelid.load(MODEL, device="cpu")
 
 
 def test_gptq_text_wikitext2_token_count(shared_data):
@@ -103,3 +103,44 @@ def test_cli_eval_ppl_and_kld(capsys):
     assert kld["kld_mean"] == 0 and kld["top1_agreement_pct"] == 100 and kld["ppl"] == pytest.approx(ppl["ppl"])
     assert main(["eval", "ppl", str(MODEL), "--data", "/nonexistent.txt"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _write_rtn_stories(out: Path, bits: int) -> Path:
+    """stories260K with its attention Linears round-to-nearest quantized (per channel), GPTQ v1 format."""
+    from helpers import rtn_gptq_layer
+    from safetensors.torch import load_file, save_file
+
+    tensors = {}
+    for name, t in load_file(MODEL / "model.safetensors").items():
+        # The MLP (172 wide) cannot be packed (GPTQ packs 32 rows/columns at a time): it stays fp32, as
+        # unquantized layers do; the attention projections (64 x 64) are quantized.
+        if name.startswith("model.layers.") and ".self_attn." in name and name.endswith("proj.weight"):
+            prefix = name.removesuffix(".weight")
+            tensors |= {f"{prefix}.{k}": v for k, v in rtn_gptq_layer(t, bits, group_size=-1).items()}
+        else:
+            tensors[name] = t
+    out.mkdir()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    qcfg = {"bits": bits, "group_size": -1, "desc_act": False, "sym": True, "quant_method": "gptq",
+            "checkpoint_format": "gptq"}
+    cfg = json.loads((MODEL / "config.json").read_text()) | {"quantization_config": qcfg}
+    (out / "config.json").write_text(json.dumps(cfg))
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (out / name).write_bytes((MODEL / name).read_bytes())
+    return out
+
+
+def test_kld_of_quantized_checkpoints_orders_by_bits(tmp_path, capsys):
+    # GPTQ checkpoints loaded by camelid.load: fewer bits, more drift from the fp32 original.
+    from camelid.cli import main
+
+    results = {}
+    for bits in (8, 4, 2):
+        ckpt = _write_rtn_stories(tmp_path / f"rtn{bits}", bits)
+        assert main(["eval", "kld", str(ckpt), "--reference", str(MODEL), "--data", str(SAMPLE),
+                     "--seq-len", "256"]) == 0
+        results[bits] = json.loads(capsys.readouterr().out)
+    assert 0 < results[8]["kld_mean"] < results[4]["kld_mean"] < results[2]["kld_mean"]
+    assert results[8]["top1_agreement_pct"] > results[4]["top1_agreement_pct"] > results[2]["top1_agreement_pct"]
+    assert results[8]["ppl"] == pytest.approx(results[8]["ppl_reference"], rel=0.01)
+    assert results[2]["ppl"] > results[4]["ppl"] > results[8]["ppl_reference"]

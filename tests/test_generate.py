@@ -18,10 +18,10 @@ MODEL = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
 
 @pytest.fixture(scope="module")
 def stories():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import camelid
 
     torch.set_num_threads(2)
-    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(MODEL)
+    return camelid.load(MODEL, device="cpu")
 
 
 def test_golden_greedy_llama2c(shared_data, capsys):
@@ -109,9 +109,16 @@ def test_stream_text_stop_strings(stories):
     assert "".join(pieces) == "Once upon a time, there was a little girl "
     assert len(pieces) > 3  # streamed, not all at the end
     assert "".join(stream_text(tok, ids, stop=["."])) == "Once upon a time, there was a little girl named Lily"
+    # Byte-fallback characters split over several tokens come out whole, never as U+FFFD.
+    quoted = tok("He said, \u201cWow\u201d and smiled.", add_special_tokens=False)["input_ids"]
+    assert len(quoted) > len(tok.tokenize("He said, Wow and smiled."))  # the quotes are byte tokens
+    pieces = list(stream_text(tok, quoted))
+    assert "".join(pieces) == tok.decode(quoted, skip_special_tokens=True) and not any("\ufffd" in p for p in pieces)
 
 
-def test_chat_cli_multi_turn(monkeypatch, capsys):
+@pytest.fixture
+def prompts_seen(monkeypatch):
+    """The prompt ids of every generate_ids call the CLI makes."""
     seen = []
     real = G.generate_ids
 
@@ -120,21 +127,54 @@ def test_chat_cli_multi_turn(monkeypatch, capsys):
         return real(model, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(G, "generate_ids", spy)
+    return seen
+
+
+def test_chat_cli_multi_turn(monkeypatch, capsys, prompts_seen, stories):
     monkeypatch.setattr("sys.stdin", io.StringIO("Tell me a story\nAnd then?\n\n"))
     rc = main(["chat", str(MODEL), "--template", "tulu", "--system", "Be brief", "--max-new-tokens", "8",
                "--temperature", "0"])
     assert rc == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all(line.strip() for line in out)
-    first, second = seen
+    first, second = prompts_seen
     # The second turn's prompt is the first one plus the model's reply and the new question.
     assert second[: len(first) - 3] == first[:-3] and len(second) > len(first) + 8
-    from transformers import AutoTokenizer
-
-    text = AutoTokenizer.from_pretrained(MODEL).decode(second)
+    text = stories[1].decode(second)
     assert "<|system|>" in text and "Tell me a story" in text and "And then?" in text
     assert text.count("<|assistant|>") == 2 and out[0].strip() in text
 
 
-def test_generate_bad_template():
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_generate_uses_model_own_template(tmp_path, prompts_seen, stories, where):
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(MODEL, model_dir)
+    own = "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}assistant:"
+    if where == "chat_template.jinja":
+        (model_dir / where).write_text(own)
+    else:
+        cfg = json.loads((model_dir / where).read_text())
+        (model_dir / where).write_text(json.dumps(cfg | {"chat_template": own}))
+    assert main(["generate", str(model_dir), "Hi there", "--system", "Be kind", "--max-new-tokens", "4"]) == 0
+    assert stories[1].decode(prompts_seen[0]) == "<s> system: Be kind\nuser: Hi there\nassistant:"
+    # --template overrides the model's own.
+    assert main(["generate", str(model_dir), "Hi there", "--template", "tulu", "--max-new-tokens", "4"]) == 0
+    assert "<|user|>" in stories[1].decode(prompts_seen[1])
+
+
+def test_generate_bad_template(capsys):
     assert main(["generate", str(MODEL), "hi", "--template", "nope"]) == 2
+    assert "unknown template 'nope'" in capsys.readouterr().err
+    assert main(["chat", str(MODEL)]) == 2  # stories260K has no chat_template: chat needs one
+    assert "no chat_template" in capsys.readouterr().err
+
+
+def test_chat_survives_a_turn_error(monkeypatch, capsys, prompts_seen):
+    # A turn longer than the context (512) is refused with a message; the session goes on without it.
+    monkeypatch.setattr("sys.stdin", io.StringIO("the dog " * 400 + "\nHello\n\n"))
+    assert main(["chat", str(MODEL), "--template", "tulu", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "at most 512" in captured.err and len(captured.out.splitlines()) == 1
+    assert len(prompts_seen[-1]) < 50  # the "Hello" turn's prompt: the long turn was dropped

@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_llama_config, write_tiny_gptq_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import camelid
 from camelid.errors import CamelidError
 from camelid.runtime import describe_kernels
 from camelid.runtime.qlinear import GPTQLinear
-from tests.helpers import tiny_llama_config, write_tiny_gptq_llama
 
 IDS = torch.tensor([[1, 17, 300, 42, 7, 99, 250, 3]])
 

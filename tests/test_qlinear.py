@@ -1,11 +1,11 @@
 import pytest
 import torch
+from helpers import random_gptq_layer
 
 from camelid.errors import CamelidError
 from camelid.quant.pack import dequantize
 from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
-from tests.helpers import random_gptq_layer
 
 CPU = torch.device("cpu")
 N_IN, N_OUT = 256, 128

@@ -17,8 +17,95 @@ def _print_json(obj: object) -> None:
 # --- checkpoint: info, convert, recover, make-diff (issue: foundation) --------------------------------
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from camelid.checkpoint import info
+
+    summary = info(args.model, revision=args.revision)
+    if args.json:
+        _print_json(summary)
+        return 0
+    cfg, tok, quant = summary["config"], summary["tokenizer"], summary["quantization"]
+    print(f"model:        {summary['path']}")
+    print(f"architecture: {summary['architecture']} ({summary['model_type']})")
+    print(f"parameters:   {summary['parameters']:,} in {summary['tensors']} tensors")
+    print("dtypes:       " + ", ".join(f"{k} ({v:,})" for k, v in summary["dtypes"].items()))
+    print(f"on disk:      {summary['size_on_disk'] / 1e6:,.1f} MB, {summary['format']}, "
+          f"{len(summary['weight_files'])} weight file(s)")
+    print("config:       " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    print(f"tokenizer:    {'none' if tok is None else (tok['class'] or '?') + ' ' + ', '.join(tok['files'])}"
+          + (" (chat template)" if tok and tok["chat_template"] else ""))
+    print(f"quantization: {'none' if quant is None else json.dumps(quant)}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from camelid.checkpoint import convert
+
+    out = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                  overwrite=args.overwrite, revision=args.revision)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from camelid.diff import recover
+
+    out = recover(args.base, args.diff, args.out, dtype=args.dtype, check_sum=args.check_sum,
+                  max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    print(f"wrote {out}" + (" (integrity check passed)" if args.check_sum is not None else ""))
+    return 0
+
+
+def _cmd_make_diff(args: argparse.Namespace) -> int:
+    from camelid.diff import make_diff
+
+    out = make_diff(args.base, args.tuned, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                    overwrite=args.overwrite, exact=not args.allow_inexact)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    dtypes = ["float16", "bfloat16", "float32"]
+
+    def writer_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+        p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = sub.add_parser("info", help="architecture, parameters, dtypes, size, tokenizer, quantization of a model")
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("--revision", help="Hub branch, tag or commit")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="cast a model's floating-point weights (e.g. to float16), streamed")
+    p.add_argument("src", help="model folder or Hub repo id")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--dtype", default="float16", choices=dtypes)
+    p.add_argument("--revision", help="Hub branch, tag or commit of SRC")
+    writer_options(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("recover", help="rebuild fine-tuned weights from a weight diff: tuned = base + diff")
+    p.add_argument("--base", required=True, help="base model folder (e.g. LLaMA in HF format)")
+    p.add_argument("--diff", required=True, help="weight diff folder (its tokenizer and config are used)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="float16", choices=dtypes, help="output dtype (sums are done in fp32)")
+    p.add_argument("--check-sum", type=float, help="Alpaca integrity value: expected sum of all recovered weights")
+    writer_options(p)
+    p.set_defaults(func=_cmd_recover)
+
+    p = sub.add_parser("make-diff", help="write diff = tuned - base, the inverse of recover")
+    p.add_argument("--base", required=True, help="base model folder")
+    p.add_argument("--tuned", required=True, help="fine-tuned model folder (its tokenizer and config are used)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="float32", choices=dtypes,
+                   help="diff dtype; float32 (default) recovers tuned bit for bit, float16/bfloat16 are lossy")
+    p.add_argument("--allow-inexact", action="store_true",
+                   help="keep every tensor float32 like open-instruct, instead of float64 where needed for "
+                        "a bit-exact round trip (smaller diff for fp32 fine-tunes)")
+    writer_options(p)
+    p.set_defaults(func=_cmd_make_diff)
 
 
 # --- quantize (issue: GPTQ engine) ---------------------------------------------------------------------
@@ -80,28 +167,20 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
 # --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
 
 
-def _load_model(path: str, dtype: str | None = None, device: str = "auto"):
-    """camelid.load once the runtime loader is importable; until then a plain Transformers load."""
-    try:
-        from camelid.runtime.load import load
-    except ImportError:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_model(args, reference: bool = False):
+    from camelid.runtime.load import load
 
-        from camelid.checkpoint import resolve_model_dir
-
-        def load(path, dtype=None, device="auto"):
-            d = resolve_model_dir(path)
-            model = AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype) if dtype else torch.float32)
-            return model.eval(), AutoTokenizer.from_pretrained(d)
-
-    return load(path, dtype=dtype, device=device)
+    if reference:  # --revision/--kernel describe the model under test, not its (usually dense) reference
+        return load(args.reference, device=args.device, dtype=args.dtype)
+    return load(args.model, revision=args.revision, device=args.device, dtype=args.dtype, kernel=args.kernel)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit (e.g. a quantized variant's branch)")
+    p.add_argument("--kernel", default="auto", help="quantized matmul kernel (see `camelid info`)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -110,7 +189,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
                         "chat_template if it has one")
     p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
@@ -118,18 +197,21 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
-def _chat_session(args):
+def _chat_session(args, need_template: bool = False):
     """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
     from camelid.chat import TEMPLATES, apply_template, stop_strings
     from camelid.runtime.generate import SamplingParams, eos_token_ids
 
     params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    if args.template not in (None, "none") and args.template not in TEMPLATES:
+        raise CamelidError(f"unknown template {args.template!r}; known: none, {', '.join(TEMPLATES)}")
+    model, tok = _load_model(args)
     template = args.template
     if template is None and not getattr(tok, "chat_template", None):
         template = "none"
-    if template != "none" and template not in TEMPLATES:
-        raise CamelidError(f"unknown template {template!r}; known: none, {', '.join(TEMPLATES)}")
+    if need_template and template == "none":
+        raise CamelidError(f"chat needs a prompt template and {args.model} has no chat_template; "
+                           f"pass --template, one of: {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:
         if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
@@ -162,7 +244,7 @@ def _cmd_generate(args) -> int:
 def _cmd_chat(args) -> int:
     from camelid.runtime.generate import generate_ids, make_generator, stream_text
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    model, tok, ids_for, stop, params, eos = _chat_session(args, need_template=True)
     gen = make_generator(next(model.parameters()).device, args.seed)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
@@ -177,11 +259,16 @@ def _cmd_chat(args) -> int:
             messages.clear()
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = []
-        for piece in stream_text(tok, generate_ids(model, ids_for(messages), args.max_new_tokens, params, gen, eos),
-                                 stop):
-            reply.append(piece)
-            print(piece, end="", flush=True)
+        try:
+            ids = ids_for(messages)
+            reply = []
+            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except CamelidError as e:  # e.g. the conversation outgrew the context: keep the session alive
+            messages.pop()
+            print(f"camelid: error: {e} (/reset to start over)", file=sys.stderr)
+            continue
         print(flush=True)
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
@@ -189,7 +276,7 @@ def _cmd_chat(args) -> int:
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
+    model, tok = _load_model(args)
     _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
                                                                                         "data": args.data})
     return 0
@@ -198,8 +285,8 @@ def _cmd_eval_ppl(args) -> int:
 def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
-    model, tok = _load_model(args.model, args.dtype, args.device)
-    ref, _ = _load_model(args.reference, args.dtype, args.device)
+    model, tok = _load_model(args)
+    ref, _ = _load_model(args, reference=True)
     result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
@@ -249,7 +336,44 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("serve", help="serve a model over HTTP (TGI- and OpenAI-compatible routes)")
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--template", default=None, help="chat template: a camelid.chat name (tulu, chatml, ...) or Jinja")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)
+    p.add_argument("--max-total-tokens", type=int, default=None)
+    p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
+    p.add_argument("--max-concurrent-requests", type=int, default=128)
+    p.add_argument("--max-stop-sequences", type=int, default=4)
+    p.add_argument("--max-best-of", type=int, default=2)
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from camelid.serve import serve
+
+    serve(
+        args.model,
+        revision=args.revision,
+        template=args.template,
+        host=args.host,
+        port=args.port,
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_stop_sequences=args.max_stop_sequences,
+        api_key=args.api_key,
+        max_best_of=args.max_best_of,
+        threads=args.threads,
+        device=args.device,
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

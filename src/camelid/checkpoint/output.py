@@ -6,10 +6,13 @@ import contextlib
 import errno
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from camelid.checkpoint.writer import write_json
+import torch
+from tqdm.auto import tqdm
+
+from camelid.checkpoint.writer import TensorSpec, save_sharded, write_json
 from camelid.errors import CamelidError, CheckpointError
 
 TOKENIZER_FILES = (
@@ -86,3 +89,54 @@ def verify_manifest(folder: Path) -> None:
             raise CheckpointError(f"{folder / name}: listed in {MANIFEST} but missing")
         if sha256_file(folder / name) != digest:
             raise CheckpointError(f"{folder / name}: SHA-256 mismatch with {MANIFEST}")
+
+
+def ensure_free_space(out: Path, nbytes: int) -> None:
+    """Fail before writing anything when the output cannot fit, rather than at 90% of a 13 GB write."""
+    probe = Path(out).resolve().parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < nbytes:
+        raise CheckpointError(
+            f"not enough disk space for {out}: needs {nbytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free on {probe}"
+        )
+
+
+def _with_progress(chunks: Iterable[tuple[str, torch.Tensor]], total: int, desc: str):
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None) as bar:
+        for name, chunk in chunks:
+            yield name, chunk
+            bar.update(chunk.nbytes)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Streaming casts and adds are memory-bound: more threads only add synchronisation. On a busy
+    2-core machine a 4M-element fp16->fp32 cast took 13 ms with 2 threads and 1.6 ms with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_model_dir(out: str | Path, specs: Sequence[TensorSpec], chunks: Iterable[tuple[str, torch.Tensor]],
+                    config: dict, side_files_from: Sequence[Path] = (), max_shard_size: int | str = "5GB",
+                    overwrite: bool = False, desc: str = "writing") -> Path:
+    """A complete model folder, atomically: sharded weights streamed from `chunks`, `config`, side
+    files (tokenizer, generation config; later folders in `side_files_from` win) and a SHA-256 manifest.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    total = sum(s.nbytes for s in specs)
+    ensure_free_space(out, total + (1 << 20))
+    with atomic_output_dir(out, overwrite=overwrite) as work, single_threaded():
+        save_sharded(work, specs, _with_progress(chunks, total, desc), max_shard_size=max_shard_size)
+        for src in side_files_from:
+            copy_side_files(Path(src), work, tuple(n for n in SIDE_FILES if n != "config.json"))
+        write_json(work / "config.json", config)
+        write_manifest(work)
+    return out

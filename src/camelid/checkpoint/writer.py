@@ -135,7 +135,7 @@ def write_index(out_dir: Path, shards: Sequence[Sequence[TensorSpec]], names: Se
     """`<prefix>.safetensors.index.json`, only when there is more than one shard (HF convention)."""
     if len(shards) == 1:
         return
-    weight_map = {spec.name: fname for shard, fname in zip(shards, names) for spec in shard}
+    weight_map = {spec.name: fname for shard, fname in zip(shards, names, strict=True) for spec in shard}
     total = sum(spec.nbytes for shard in shards for spec in shard)
     write_json(out_dir / f"{prefix}.safetensors.index.json",
                {"metadata": {"total_size": total}, "weight_map": weight_map})

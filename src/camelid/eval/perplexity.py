@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from camelid.errors import CamelidError
 
-# Windows per forward pass: bounded so that float32 logits stay ~ a few hundred MB at vocab 32000.
-TOKENS_PER_BATCH = 8192
+# Tokens per forward pass: float32 log-probs of 4096 tokens at vocab 32000 are 0.5 GB (KL holds ~4 such).
+TOKENS_PER_BATCH = 4096
 
 
 def read_gptq_text(path: str | Path) -> str:
@@ -70,15 +70,15 @@ def _batches(windows: torch.Tensor | list[torch.Tensor]):
     yield from windows.split(per)
 
 
-def _log_probs(model, batch: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch.to(device), use_cache=False).logits
-    return F.log_softmax(logits.float(), dim=-1).cpu()
+def _log_probs(model, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 log-probs on `device` (where the metrics are reduced; only scalars leave it)."""
+    logits = model(input_ids=batch.to(next(model.parameters()).device), use_cache=False).logits
+    return F.log_softmax(logits.to(device, torch.float32), dim=-1)
 
 
-def _nll(log_probs: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+def _nll(log_probs: torch.Tensor, batch: torch.Tensor) -> float:
     """Summed next-token NLL over a batch (the window's first token has no prediction)."""
-    return -log_probs[:, :-1].gather(-1, batch[:, 1:, None]).sum()
+    return -log_probs[:, :-1].gather(-1, batch[:, 1:, None].to(log_probs.device)).double().sum().item()
 
 
 def _windows(model, tokenizer, text, seq_len, doc_sep):
@@ -91,9 +91,10 @@ def _windows(model, tokenizer, text, seq_len, doc_sep):
 def perplexity(model, tokenizer, text: str, seq_len: int = 2048, doc_sep: str | None = None) -> dict:
     """PPL of `model` on `text` (already joined, see `read_gptq_text`), GPTQ windows unless `doc_sep`."""
     windows = _windows(model, tokenizer, text, seq_len, doc_sep)
+    device = next(model.parameters()).device
     nll, count = 0.0, 0
     for batch in _batches(windows):
-        nll += _nll(_log_probs(model, batch), batch).item()
+        nll += _nll(_log_probs(model, batch, device), batch)
         count += batch.shape[0] * (batch.shape[1] - 1)
     return {"ppl": math.exp(nll / count), "nll": nll / count, "windows": len(windows),
             "seq_len": seq_len, "tokens_scored": count,
@@ -109,15 +110,16 @@ def kl_divergence(model, reference_model, tokenizer, text: str, seq_len: int = 2
     positions where both pick the same top-1 token, and both perplexities from the same forward passes.
     """
     windows = _windows(model, tokenizer, text, seq_len, doc_sep)
+    device = next(model.parameters()).device
     kls, agree, nll, nll_ref, count = [], 0, 0.0, 0.0, 0
     for batch in _batches(windows):
-        lp, lp_ref = _log_probs(model, batch), _log_probs(reference_model, batch)
+        lp, lp_ref = _log_probs(model, batch, device), _log_probs(reference_model, batch, device)
         if lp.shape != lp_ref.shape:
             raise CamelidError(f"model and reference disagree on vocabulary: {lp.shape[-1]} vs {lp_ref.shape[-1]}")
-        kls.append(F.kl_div(lp, lp_ref, log_target=True, reduction="none").sum(-1).flatten())
+        kls.append(F.kl_div(lp, lp_ref, log_target=True, reduction="none").sum(-1).flatten().cpu())
         agree += (lp.argmax(-1) == lp_ref.argmax(-1)).sum().item()
-        nll += _nll(lp, batch).item()
-        nll_ref += _nll(lp_ref, batch).item()
+        nll += _nll(lp, batch)
+        nll_ref += _nll(lp_ref, batch)
         count += batch.shape[0] * (batch.shape[1] - 1)
     kl = torch.cat(kls).clamp_min(0)  # float rounding can give -1e-9 for identical distributions
     return {"kld_mean": kl.mean().item(), "kld_median": kl.median().item(),

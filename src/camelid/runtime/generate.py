@@ -116,7 +116,7 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: S
         max_new_tokens = min(max_new_tokens, limit - len(input_ids))
     eos_ids = set(eos_ids)
     seen = torch.tensor(list(input_ids), dtype=torch.long, device=device)
-    out = model(input_ids=seen[None], use_cache=True)
+    out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1)  # prefill: last position's logits only
     for _ in range(max_new_tokens):
         token = sample_next(out.logits[0, -1], params, generator, seen)
         tok = int(token)
@@ -128,29 +128,36 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: S
 
 
 def stream_text(tokenizer, ids: Iterable[int], stop: Sequence[str] = ()) -> Iterator[str]:
-    """Turn a token stream into text deltas, ending at the first stop string (not emitted). Text that could
-    still become a stop string, or an incomplete UTF-8 sequence, is held back until it is decided."""
+    """Turn a token stream into text deltas, ending at the first stop string (not emitted).
+
+    Decoding is incremental as in TGI (`prefix_offset`/`read_offset`): each step decodes only the last few
+    tokens, with one token of left context so SentencePiece spacing comes out right. Text that could still
+    become a stop string, or an incomplete UTF-8 sequence, is held back until it is decided.
+    """
     tokens: list[int] = []
-    sent = 0
+    prefix, read = 0, 0  # tokens[prefix:read] were decoded into text already
+    text, sent = "", 0
+
+    def decode(toks: list[int]) -> str:
+        return tokenizer.decode(toks, skip_special_tokens=True)
+
     for tok in ids:
         tokens.append(tok)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut > sent:
-                yield text[sent:cut]
+        before, after = decode(tokens[prefix:read]), decode(tokens[prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            continue  # nothing printable yet (e.g. half of a multi-byte character)
+        text += after[len(before):]
+        prefix, read = read, len(tokens)
+        cuts = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
+        if cuts:
+            if min(cuts) > sent:
+                yield text[sent:min(cuts)]
             return
-        hold = len(text)
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens
-            hold = len(text) - 1
-        for s in stop:  # longest suffix of text that is a prefix of a stop string
-            for n in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:n]):
-                    hold = min(hold, len(text) - n)
-                    break
+        # Keep back the longest suffix that is a prefix of a stop string.
+        partial = [n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])]
+        hold = len(text) - max(partial, default=0)
         if hold > sent:
             yield text[sent:hold]
             sent = hold
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
     if len(text) > sent:
         yield text[sent:]
