@@ -40,6 +40,15 @@ def main() -> int:
          "--max-new-tokens", "200", "--stream"],
         ["eval", "ppl", str(MODEL), "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
     ]
+    # Quantize: GPTQ 4-bit, group 32 (dim 64); the MLP (172 wide) cannot be packed and stays fp16.
+    steps += [
+        ["quantize", str(MODEL), str(OUT / "stories260K-gptq-4bit-g32"), "--bits", "4", "--group-size", "32",
+         "--act-order", "--dataset", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "128",
+         "--nsamples", "32", "--overwrite"],
+        # how far the quantized model drifts from the original (KL, top-1 agreement, both perplexities)
+        ["eval", "kld", str(OUT / "stories260K-gptq-4bit-g32"), "--reference", str(MODEL),
+         "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
+    ]
     for step in steps:
         print("$ camelid " + " ".join(step), flush=True)
         rc = camelid(step)
