@@ -45,6 +45,10 @@ def main() -> int:
         ["quantize", str(MODEL), str(OUT / "stories260K-gptq-4bit-g32"), "--bits", "4", "--group-size", "32",
          "--act-order", "--dataset", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "128",
          "--nsamples", "32", "--overwrite"],
+        # the quantized folder: its GPTQ config and the kernel each layer will run on
+        ["info", str(OUT / "stories260K-gptq-4bit-g32")],
+        ["generate", str(OUT / "stories260K-gptq-4bit-g32"), "Once upon a time", "--template", "none",
+         "--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "60"],
         # how far the quantized model drifts from the original (KL, top-1 agreement, both perplexities)
         ["eval", "kld", str(OUT / "stories260K-gptq-4bit-g32"), "--reference", str(MODEL),
          "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
