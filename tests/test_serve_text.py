@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from camelid.runtime.detokenize import TextStream, decode_generated
 from camelid.runtime.tokenizer import load_tokenizer
-from camelid.serve.detokenize import TextStream, decode_generated
 from camelid.serve.openai_api import StopTrimmer
 from tests.serve_helpers import STORIES
 

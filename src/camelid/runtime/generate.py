@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from camelid.errors import CamelidError
+from camelid.runtime.detokenize import TextStream
 
 
 @dataclass(frozen=True)
@@ -130,24 +131,16 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: S
 def stream_text(tokenizer, ids: Iterable[int], stop: Sequence[str] = ()) -> Iterator[str]:
     """Turn a token stream into text deltas, ending at the first stop string (not emitted).
 
-    Decoding is incremental as in TGI (`prefix_offset`/`read_offset`): each step decodes only the last few
-    tokens, with one token of left context so SentencePiece spacing comes out right. Text that could still
-    become a stop string, or an incomplete UTF-8 sequence, is held back until it is decided.
+    Decoding is incremental as in TGI (`TextStream`). Text that could still become a stop string is held
+    back until it is decided.
     """
-    tokens: list[int] = []
-    prefix, read = 0, 0  # tokens[prefix:read] were decoded into text already
+    stream = TextStream(tokenizer, skip_special_tokens=True)
     text, sent = "", 0
-
-    def decode(toks: list[int]) -> str:
-        return tokenizer.decode(toks, skip_special_tokens=True)
-
     for tok in ids:
-        tokens.append(tok)
-        before, after = decode(tokens[prefix:read]), decode(tokens[prefix:])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
+        piece = stream.push(tok)
+        if not piece:
             continue  # nothing printable yet (e.g. half of a multi-byte character)
-        text += after[len(before):]
-        prefix, read = read, len(tokens)
+        text += piece
         cuts = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
         if cuts:
             if min(cuts) > sent:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from camelid.runtime.detokenize import TextStream, decode_generated
 from camelid.serve import batch as B
-from camelid.serve.detokenize import TextStream, decode_generated
 from camelid.serve.engine import ServedModel
 from camelid.serve.metrics import Metrics
 from camelid.serve.sampling import TokenChooser, prefill_logprobs

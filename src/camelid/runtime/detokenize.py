@@ -6,21 +6,26 @@ token's text is the difference between decoding a short window with and without 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TextStream:
     """The growing text of one sequence; `push(ids)` returns the new text once it is printable."""
 
-    def __init__(self, tokenizer, prompt_ids: list[int]) -> None:
+    def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), skip_special_tokens: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
         self.ids = list(prompt_ids[-5:])  # a little prompt context fixes the first token's spacing
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        decode = self.tokenizer.decode
-        prefix = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=False)
-        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=False)
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset])
+        full = decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return full[len(prefix) :]
