@@ -132,7 +132,8 @@ def main() -> int:
     from transformers import LlamaForCausalLM
 
     from camelid.eval.perplexity import read_gptq_text
-    from camelid.quant.calib import calibration_windows, load_tokenizer
+    from camelid.quant.calib import calibration_windows
+    from camelid.runtime.tokenizer import load_tokenizer
 
     torch.set_num_threads(THREADS)
     seq = 256
@@ -207,8 +208,9 @@ def stories_rows(work: Path) -> list[dict]:
     from transformers import LlamaForCausalLM
 
     from camelid.eval.perplexity import kl_divergence
-    from camelid.quant.calib import calibration_windows, load_tokenizer
+    from camelid.quant.calib import calibration_windows
     from camelid.quant.reader import dense_model
+    from camelid.runtime.tokenizer import load_tokenizer
 
     sample = ROOT / "examples" / "data" / "tinystories_sample.txt"
     tok = load_tokenizer(STORIES)

@@ -120,7 +120,8 @@ def test_cli_quantize_and_errors(tmp_path, capsys):
 
 
 def test_calibration_files(tmp_path):
-    from camelid.quant.calib import instruction_renderer, load_tokenizer
+    from camelid.quant.calib import instruction_renderer
+    from camelid.runtime.tokenizer import load_tokenizer
 
     (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n{"text": "world"}\n')
     assert read_texts(tmp_path / "a.jsonl") == ["hello", "world"]

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from camelid.checkpoint import open_checkpoint
-from camelid.quant.calib import calibration_windows, load_tokenizer
+from camelid.quant.calib import calibration_windows
 from camelid.quant.gptq import Hessian, gptq, inverse_cholesky, rtn
 from camelid.quant.layer import llama_config, load_layer
 from camelid.quant.quantizer import find_params, quantize
+from camelid.runtime.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"

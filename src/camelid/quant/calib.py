@@ -106,14 +106,6 @@ def sample_windows(token_ids: torch.Tensor, nsamples: int, seq_len: int, seed: i
     return torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()])
 
 
-def load_tokenizer(model_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    # The GPTQ reference tokenizes with the SentencePiece ("slow") tokenizer where one exists.
-    slow = (Path(model_dir) / "tokenizer.model").is_file()
-    return AutoTokenizer.from_pretrained(str(model_dir), use_fast=not slow)
-
-
 def calibration_windows(tokenizer, dataset: str, dataset_path: str | Path | None = None, nsamples: int = 128,
                         seq_len: int = 2048, seed: int = 0, template: str = "alpaca") -> torch.Tensor:
     texts = load_texts(dataset, dataset_path, instruction_renderer(tokenizer, template))

@@ -34,7 +34,7 @@ from camelid.checkpoint import (
     write_json,
 )
 from camelid.errors import CamelidError
-from camelid.quant.calib import calibration_windows, load_tokenizer
+from camelid.quant.calib import calibration_windows
 from camelid.quant.format import QuantParams, modules_in_block, pack_linear, packable, quantize_config
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
 from camelid.quant.layer import (
@@ -47,6 +47,7 @@ from camelid.quant.layer import (
     rotary,
     stage_input,
 )
+from camelid.runtime.tokenizer import load_tokenizer
 
 STATE = "state"
 LARGE_MODEL_BYTES = 2 * 10**9  # above this, bounded RSS matters more than allocation speed
