@@ -67,16 +67,16 @@ def write_gptq(hf: Path, out: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    sys.path.insert(0, str(REPO))
     from camelid.checkpoint import open_checkpoint
-    from tests.helpers import rtn_gptq_layer  # the reference RTN writer shared with the tests
+    from camelid.quant.format import pack_linear
+    from camelid.quant.gptq import rtn
 
     ckpt = open_checkpoint(hf)
     tensors = {}
     for name, t in ckpt.iter_tensors():
         if t.ndim == 2 and "embed_tokens" not in name:
             prefix = name.removesuffix(".weight")
-            tensors.update({f"{prefix}.{k}": v for k, v in rtn_gptq_layer(t, BITS, GROUP, sym=True, v1=True).items()})
+            tensors.update(pack_linear(prefix, rtn(t, BITS, GROUP, sym=True), BITS))
         else:
             tensors[name] = t
     out.mkdir(parents=True)
