@@ -43,7 +43,7 @@ def random_gptq_layer(n_in: int, n_out: int, bits: int, group_size: int, act_ord
 def rtn_gptq_layer(weight: torch.Tensor, bits: int, group_size: int, sym: bool = True, v1: bool = True,
                    act_order_seed: int | None = None) -> dict[str, torch.Tensor]:
     """Round-to-nearest GPTQ tensors for a Linear weight [out, in] with AutoGPTQ's quantizer grid
-    (reference-facts §1). With `act_order_seed`, groups follow a random column permutation."""
+    (AutoGPTQ `auto_gptq/quantization/quantizer.py`). With `act_order_seed`, groups follow a random column permutation."""
     w = weight.t().to(torch.float32)  # [in, out]
     n_in = w.shape[0]
     gs = n_in if group_size == -1 else group_size

@@ -26,7 +26,7 @@ def test_pack_unpack_roundtrip(bits):
 
 
 def test_3bit_straddling_words_layout():
-    # v10 = 0b101 straddles word0/word1; v21 = 0b011 straddles word1/word2 (reference-facts §1)
+    # v10 = 0b101 straddles word0/word1; v21 = 0b011 straddles word1/word2 (AutoGPTQ qlinear_cuda.py `pack`)
     v = torch.zeros(32, 1, dtype=torch.int32)
     v[10], v[21] = 0b101, 0b011
     w = pack_rows(v, 3)[:, 0].to(torch.int64) & 0xFFFFFFFF

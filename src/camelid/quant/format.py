@@ -1,7 +1,7 @@
 """The AutoGPTQ "gptq" (v1) checkpoint layout: packed tensors per Linear and the config blocks.
 
 Per quantized Linear: qweight int32 [in*bits/32, out], qzeros int32 [groups, out*bits/32] (zero - 1),
-scales fp16 [groups, out], g_idx int32 [in] (reference-facts §1). Linears that cannot be packed stay
+scales fp16 [groups, out], g_idx int32 [in] (AutoGPTQ `qlinear_cuda.py`). Linears that cannot be packed stay
 fp16 and are named in GPTQModel's `dynamic` block as negative ("-:") matches, which GPTQModel (and
 Transformers through it) honour by leaving them plain nn.Linear.
 """
@@ -88,7 +88,8 @@ def modules_in_block(skipped: list[str], groups: tuple[tuple[str, ...], ...]) ->
 
 def quantize_config(params: QuantParams, model_name: str, skipped: list[str], layers: int,
                     meta: dict, in_block: list[list[str]] | None = None) -> dict:
-    """Every field written explicitly: loaders disagree on defaults (reference-facts §1)."""
+    """Every field written explicitly: loaders disagree on defaults (AutoGPTQ
+    `BaseQuantizeConfig` defaults desc_act=True and group_size=-1; GPTQModel and Transformers differ)."""
     cfg = {
         "bits": params.bits,
         "group_size": params.group_size,

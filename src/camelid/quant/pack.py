@@ -1,4 +1,4 @@
-"""GPTQ bit packing (AutoGPTQ/GPTQModel "gptq" v1 layout, reference-facts §1).
+"""GPTQ bit packing (AutoGPTQ/GPTQModel "gptq" v1 layout: AutoGPTQ `auto_gptq/nn_modules/qlinear/qlinear_cuda.py` `pack`).
 
 Values are packed LSB-first into a stream of 32-bit words: value j of each run of 32 occupies bits
 [bits*j, bits*j + bits) of a `bits`-word block. For 2/4/8 bits that is "32/bits values per int32"; for

@@ -1,6 +1,6 @@
 """Per-group affine grid: scale and zero-point for a block of weights, and rounding onto it.
 
-Math as AutoGPTQ's `quantizer.py` (reference-facts §1): the range always includes 0, symmetric grids
+Math as AutoGPTQ's `auto_gptq/quantization/quantizer.py`: the range always includes 0, symmetric grids
 sit the zero at (maxq+1)/2, the optional MSE search shrinks the range in 100 steps down to 0.2 of it
 and keeps the shrink with the least sum |q - x|^2.4.
 
