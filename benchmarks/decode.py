@@ -70,13 +70,14 @@ def write_gptq(hf: Path, out: Path) -> None:
     from camelid.checkpoint import open_checkpoint
     from camelid.quant.format import pack_linear
     from camelid.quant.gptq import rtn
+    from camelid.quant.settings import QuantParams
 
     ckpt = open_checkpoint(hf)
     tensors = {}
     for name, t in ckpt.iter_tensors():
         if t.ndim == 2 and "embed_tokens" not in name:
             prefix = name.removesuffix(".weight")
-            tensors.update(pack_linear(prefix, rtn(t, BITS, GROUP, sym=True), BITS))
+            tensors.update(pack_linear(prefix, rtn(t, QuantParams(BITS, GROUP, sym=True, method="rtn")), BITS))
         else:
             tensors[name] = t
     out.mkdir(parents=True)

@@ -125,17 +125,16 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from camelid.quant import quantize
+    from camelid.quant import CalibSpec, QuantParams, RunOptions, quantize
 
-    out = quantize(
-        args.model, args.out, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
-        damp=args.damp, dataset=args.dataset, dataset_path=args.dataset_path, seq_len=args.seq_len,
-        nsamples=args.nsamples, sym=args.sym, true_sequential=args.true_sequential,
-        static_groups=args.static_groups, mse=args.mse, lm_head=args.lm_head, device=args.device,
-        seed=args.seed, method=args.method, template=args.template, spill=args.spill,
-        overwrite=args.overwrite, revision=args.revision, max_shard_size=args.max_shard_size,
-        compute=args.compute_dtype,
-    )
+    params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                         sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                         mse=args.mse, lm_head=args.lm_head, method=args.method)
+    calib = CalibSpec(dataset=args.dataset, dataset_path=args.dataset_path, nsamples=args.nsamples,
+                      seq_len=args.seq_len, seed=args.seed, template=args.template)
+    options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
+                         revision=args.revision, max_shard_size=args.max_shard_size)
+    out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 

@@ -9,30 +9,13 @@ Transformers through it) honour by leaving them plain nn.Linear.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 
 import torch
 
 from camelid import __version__
 from camelid.quant.gptq import QuantResult
 from camelid.quant.pack import pack_qweight, pack_qzeros
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    bits: int = 4
-    group_size: int = 128
-    act_order: bool = False
-    damp: float = 0.01
-    sym: bool = True
-    true_sequential: bool = True
-    static_groups: bool = False
-    mse: bool = False
-    lm_head: bool = False
-    method: str = "gptq"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from camelid.quant.settings import QuantParams
 
 
 def packable(in_features: int, out_features: int, bits: int, group_size: int) -> bool:
