@@ -116,3 +116,33 @@ def test_mse_grid_not_worse():
         e_plain = (plain.dequantized() - w).abs().pow(2.4).sum()
         e_mse = (mse.dequantized() - w).abs().pow(2.4).sum()
         assert e_mse < e_plain
+
+
+@pytest.mark.parametrize("x2_in_h", [True, False])
+def test_stages_walk_the_layer(x2_in_h):
+    """The named stages, each starting from what the previous one left, end where the layer's own
+    forward does; each stage's input is its group's real input (checked on the Linears by hooks)."""
+    from camelid.quant.layer import STAGES, layer_output, rotary
+
+    ckpt = open_checkpoint(STORIES)
+    config = llama_config(ckpt.config)
+    layer = load_layer(ckpt, config, 0)
+    h = torch.randn(2, 16, config.hidden_size)
+    pe = rotary(config, 16)
+    seen = {}
+    hooks = [layer.get_submodule(s.linears[0]).register_forward_pre_hook(
+        lambda mod, args, name=s.name: seen.setdefault(name, args[0])) for s in STAGES]
+    with torch.no_grad():
+        want = layer(h, attention_mask=None, position_embeddings=pe)
+    for hk in hooks:
+        hk.remove()
+    left, cur = None, h
+    with torch.no_grad():
+        for stage in STAGES:
+            x, left_next, h_next = stage.run(layer, cur, left if stage.reads_left else None, pe, x2_in_h)
+            torch.testing.assert_close(x, seen[stage.name])
+            left = left if left_next is None else left_next
+            if h_next is not None and x2_in_h:
+                cur = h_next
+        got = layer_output(layer, cur, pe, left if x2_in_h else None) if x2_in_h else layer_output(layer, h, pe)
+    torch.testing.assert_close(got, want)
