@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
     (CalibSpec, {"nsamples": 0}, "--nsamples"),
     (CalibSpec, {"seq_len": -1}, "--seq-len"),
     (CalibSpec, {"seq_len": 2.5}, "--seq-len"),
-    (CalibSpec, {"seed": -1}, "--seed"),
+    (CalibSpec, {"seed": "0"}, "--seed"),
     (CalibSpec, {"dataset": ""}, "--dataset"),
     (RunOptions, {"compute": "int8"}, "--compute-dtype"),
     (RunOptions, {"batch_size": 0}, "--batch-size"),

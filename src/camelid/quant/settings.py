@@ -115,8 +115,8 @@ class CalibSpec(_Settings):
             object.__setattr__(self, "dataset_path", str(self.dataset_path))
         _positive_int(self.nsamples, "--nsamples")
         _positive_int(self.seq_len, "--seq-len")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise CamelidError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise CamelidError(f"--seed must be an integer, got {self.seed!r}")
         if not isinstance(self.template, str) or not self.template:
             raise CamelidError(f"--template must be a template name, got {self.template!r}")
 
