@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from camelid.cli import main as camelid
 from camelid.errors import CamelidError
+from camelid.formats.gptq.reader import dense_model
 from camelid.quant import CalibSpec, QuantParams, RunOptions, loop, quantize
 from camelid.quant.calib import calibration_windows, read_texts, sample_windows
-from camelid.quant.reader import dense_model
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"
@@ -123,7 +123,7 @@ def test_cli_quantize_and_errors(tmp_path, capsys):
 
 def test_calibration_files(tmp_path):
     from camelid.quant.calib import instruction_renderer
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n{"text": "world"}\n')
     assert read_texts(tmp_path / "a.jsonl") == ["hello", "world"]
@@ -218,8 +218,8 @@ def test_gptq_beats_rtn_at_4_bit_on_held_out_text(shared_data, tmp_path):
     from the valid split) is below RTN's. (At 8 bits both are close to fp; this is where GPTQ matters.)"""
     from transformers import LlamaForCausalLM
 
-    from camelid.eval.perplexity import kl_divergence
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.eval.likelihood import kl_divergence
+    from camelid.tokenizer import load_tokenizer
 
     model = shared_data / "models" / "camel45m"
     wiki = shared_data / "eval" / "wikitext2"

@@ -8,18 +8,20 @@ from pathlib import Path
 
 import torch
 
-from camelid import __version__
-from camelid.checkpoint import Checkpoint, atomic_output_dir, copy_side_files, open_checkpoint, write_json
+from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files
+from camelid.checkpoint.source import Checkpoint, open_checkpoint
+from camelid.device import compute_dtype, resolve_device
 from camelid.errors import CamelidError
+from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
+from camelid.formats.gptq.layout import declare_unquantized, packable
 from camelid.quant.assemble import assemble
 from camelid.quant.calib import calibration_windows
-from camelid.quant.format import modules_in_block, packable, quantize_config
 from camelid.quant.layer import GROUPS, LINEARS, layer_prefix, llama_config
 from camelid.quant.loop import quantize_layers
 from camelid.quant.methods import method_for
 from camelid.quant.progress import LAYERS, STATE, run_fingerprint
 from camelid.quant.settings import CalibSpec, QuantParams, RunOptions
-from camelid.runtime.tokenizer import load_tokenizer
+from camelid.tokenizer import load_tokenizer
 
 
 def check_model(p: QuantParams, config: dict) -> None:
@@ -30,26 +32,6 @@ def check_model(p: QuantParams, config: dict) -> None:
         raise CamelidError("--lm-head needs an untied lm_head; this model ties it to the embeddings")
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CamelidError("--device cuda: no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise CamelidError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def compute_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """dtype of the calibration forward passes. bf16 where matmul units support it (CUDA; CPUs with
-    AMX/AVX512-BF16, ~10x the fp32 speed), as GPTQModel runs on CPU; fp32 otherwise."""
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-
-
 def quantize(model: str | Path, out: str | Path, params: QuantParams, calib: CalibSpec = CalibSpec(),
              options: RunOptions = RunOptions(), calibration: torch.Tensor | None = None) -> Path:
     """Quantize a Llama checkpoint to a GPTQ (v1) checkpoint in `out`. Returns `out`.
@@ -57,11 +39,10 @@ def quantize(model: str | Path, out: str | Path, params: QuantParams, calib: Cal
     `calibration` ([n, seq_len] token ids) overrides `calib`'s dataset/nsamples/seq_len. Rerunning
     after an interruption resumes from the last finished layer.
     """
-    if Path(out).exists() and not options.overwrite:  # before the (long) calibration, not after
-        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, options.overwrite)  # before the (long) calibration, not after
     ckpt = open_checkpoint(model, options.revision)
     check_model(params, ckpt.config)
-    dev = pick_device(options.device)
+    dev = resolve_device(options.device)
     dtype = compute_dtype(dev, options.compute)
     config = llama_config(ckpt.config)
     method = method_for(params)
@@ -87,7 +68,8 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     n_layers = ckpt.config["num_hidden_layers"]
     skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
                if not packable(*_linear_dims(ckpt, n), p.bits, p.group_size)]
-    meta = {
+    dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
+    run = {
         "dataset": None if ids is None else (str(calib.dataset_path) if calib.dataset_path else calib.dataset),
         "seq_len": None if ids is None else ids.shape[1], "nsamples": None if ids is None else ids.shape[0],
         "seed": calib.seed, "template": calib.template, "compute_dtype": str(dtype).removeprefix("torch."),
@@ -95,21 +77,13 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
         "damp_auto_increment": 0.01, "static_groups": p.static_groups, "true_sequential": p.true_sequential,
         "unquantized_modules": skipped,
     }
-    in_block = modules_in_block(skipped, GROUPS)
-    if in_block is not None and any(n not in skipped for n in
-                                    (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS
-                                     if not any(m in g for g in in_block))):
-        raise CamelidError("unquantizable Linears differ between layers; Transformers cannot load that")
-    qcfg = quantize_config(p, model_name, skipped, n_layers, meta, in_block)
-    st_meta = {"format": "pt", "quantizer": f"camelid:{__version__}", "gptq_bits": str(p.bits),
-               "gptq_group_size": str(p.group_size), "gptq_desc_act": str(p.act_order),
-               "gptq_damp_percent": str(p.damp)}
-    assemble(work, ckpt, n_layers, extra, st_meta, max_shard_size)
+    qcfg = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order, sym=p.sym, damp_percent=p.damp,
+                      true_sequential=p.true_sequential, static_groups=p.static_groups, lm_head=p.lm_head,
+                      model_name_or_path=model_name, dynamic=dynamic, modules_in_block_to_quantize=in_block,
+                      meta={"quantizer": [QUANTIZER], "method": p.method, "mse": p.mse, **run})
+    assemble(work, ckpt, n_layers, extra, qcfg.safetensors_metadata(), max_shard_size)
     copy_side_files(ckpt.dir, work)
-    write_json(work / "quantize_config.json", qcfg)
-    cfg = {k: v for k, v in ckpt.config.items() if k != "torch_dtype"}
-    cfg.update({"dtype": "float16", "torch_dtype": "float16", "quantization_config": qcfg})
-    write_json(work / "config.json", cfg)
+    write_config(work, ckpt.config, qcfg)
     with open(work / "quant_log.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["layer", "module", "loss", "damp", "seconds"])
         w.writeheader()

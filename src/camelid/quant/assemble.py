@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-from camelid.checkpoint import Checkpoint, TensorSpec, save_sharded
+from camelid.checkpoint.source import Checkpoint
+from camelid.checkpoint.writer import TensorSpec, save_sharded
+from camelid.dtypes import SAFETENSORS_DTYPES
 from camelid.quant.progress import layer_file
 
 
@@ -25,8 +27,7 @@ def assemble(work: Path, ckpt: Checkpoint, n_layers: int, extra: dict[str, torch
         with safe_open(f, framework="pt") as sf:
             for k in sf.keys():
                 sl = sf.get_slice(k)
-                specs.append(TensorSpec(k, {"I32": torch.int32, "F16": torch.float16}[sl.get_dtype()],
-                                        tuple(sl.get_shape())))
+                specs.append(TensorSpec(k, SAFETENSORS_DTYPES[sl.get_dtype()], tuple(sl.get_shape())))
     specs += [TensorSpec(n, torch.float16, ckpt.tensors[n].shape) for n in tail]
     specs += [TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in extra.items()]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from camelid.checkpoint import Checkpoint
-from camelid.quant.format import pack_linear, packable
+from camelid.checkpoint.source import Checkpoint
+from camelid.formats.gptq.layout import pack_linear, packable
 from camelid.quant.layer import STAGES, Stage, layer_output, layer_prefix, load_layer, rotary
 from camelid.quant.methods import LinearGroup, Observer, QuantMethod
 from camelid.quant.progress import (
@@ -144,7 +144,7 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, acts: Activ
         for nm, res in results.items():
             lin = mods[nm]
             lin.weight.data = res.dequantized().to(lin.weight.device, dtype)
-            tensors.update(pack_linear(prefix + nm, res, p.bits))
+            tensors.update(pack_linear(prefix + nm, res.q, res.scales, res.zeros, res.g_idx, p.bits))
         rows.extend(_log_rows(i, results, seconds))
 
     for stage in STAGES:
@@ -205,7 +205,8 @@ def quantize_lm_head(ckpt: Checkpoint, config, acts: Activations | None, method:
     t0 = time.perf_counter()
     results = method.quantize(group, observed)
     rows = _log_rows("lm_head", results, time.perf_counter() - t0)
-    return pack_linear("lm_head", results["lm_head"], method.params.bits), rows
+    res = results["lm_head"]
+    return pack_linear("lm_head", res.q, res.scales, res.zeros, res.g_idx, method.params.bits), rows
 
 
 def quantize_layers(work: Path, ckpt: Checkpoint, config, method: QuantMethod, ids: torch.Tensor | None,

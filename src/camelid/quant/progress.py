@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from camelid.checkpoint import Checkpoint, ShardWriter, TensorSpec, write_json
+from camelid.checkpoint.jsonio import write_json
+from camelid.checkpoint.source import Checkpoint
+from camelid.checkpoint.writer import ShardWriter, TensorSpec
 from camelid.errors import CamelidError
 from camelid.quant.settings import QuantParams
 

@@ -128,7 +128,7 @@ class RunOptions(_Settings):
     fingerprint)."""
 
     kind: ClassVar[str] = "run option"
-    device: str = "auto"  # auto, cpu or cuda
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (camelid.device.resolve_device)
     compute: str = "auto"  # auto, float32, bfloat16 or float16
     batch_size: int | None = None  # calibration windows per forward pass (default: 4096 tokens' worth)
     spill: bool = False  # calibration activations in a file in OUT.partial instead of RAM
