@@ -82,8 +82,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     """Complete every prompt (token ids) in one left-padded batch; finished rows leave between decode steps.
 
     Each row samples with its own generator seeded from `params.seed`, so a completion does not depend on
-    which other prompts share the batch (greedy rows equal `generate_ids` alone). Text keeps the first
-    token's leading space, as the prompt's continuation (`TextStream` with the prompt as context).
+    which other prompts share the batch, and the caller may split a long list into batches as memory allows.
+    (Padding changes matmul shapes, so a padded row can differ from `generate_ids` alone by float rounding;
+    on the fp32 test model they are equal.) Text keeps the first token's leading space, as the prompt's
+    continuation (`TextStream` with the prompt as context).
     """
     if not prompts:
         return []

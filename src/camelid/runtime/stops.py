@@ -65,6 +65,8 @@ class StopMatcher:
         if token_id in self.eos_ids:  # the EOS token's own text is not part of the answer
             self.reason = "eos_token"
             return self.flush()
+        if not self.strings:  # nothing to hold back or search for
+            return piece
         start = len(self.text)
         self.text += piece
         # Only a stop string ending in the new piece can be new: search from where it could begin.
