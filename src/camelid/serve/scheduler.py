@@ -3,7 +3,8 @@ between steps.
 
 Each step: drop cancelled sequences, prefill waiting ones (alone, within --max-batch-prefill-tokens) and
 join them to the batch, then one batched decode step for every row. Events for a sequence go to its
-`sink` (a thread-safe callable); the HTTP layer turns them into JSON or SSE.
+`sink` (a thread-safe callable); the HTTP layer turns them into JSON or SSE. Tokens are chosen and
+sequences ended by camelid.runtime's `Sampler` and `StopMatcher`, the same as for `camelid generate`.
 """
 
 from __future__ import annotations
