@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from camelid.runtime.detokenize import TextStream, decode_generated
 from camelid.runtime.stops import StopMatcher, Stops, cut_at_stop
-from camelid.runtime.tokenizer import load_tokenizer
+from camelid.tokenizer import load_tokenizer
 from tests.serve_helpers import STORIES
 
 
