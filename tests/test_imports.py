@@ -24,7 +24,9 @@ NO_TRANSFORMERS = ("camelid", "camelid.device", "camelid.dtypes", "camelid.error
                    "camelid.formats.declared", "camelid.formats.gptq", "camelid.formats.gptq.config",
                    "camelid.formats.gptq.layout", "camelid.formats.gptq.pack", "camelid.formats.gptq.reader",
                    "camelid.quant", "camelid.quant.settings", "camelid.quant.methods", "camelid.quant.loop",
-                   "camelid.runtime")
+                   "camelid.runtime",
+                   # what an evaluation task needs besides a model: templates, sampling settings, stops
+                   "camelid.chat", "camelid.chat.templates", "camelid.runtime.sampling", "camelid.runtime.stops")
 
 FORK_EACH = r"""
 import importlib, json, os, sys, traceback
