@@ -157,7 +157,8 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", default="alpaca",
                    help="camelid chat template (alpaca, tulu, llama-2-chat, ...) used to render "
                         "instruction/input/output calibration records")
-    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per calibration window (default 2048, or the model's context if shorter)")
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (same as --no-sym)")

@@ -221,6 +221,27 @@ class Checkpoint:
         t = self._bin_cache[1][name]
         return (t if rows is None else t[rows]).clone()
 
+    def fingerprint(self, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
+        """Identity of the weights, cheap whatever their size: the folder's SHA256SUMS.json when it has one,
+        else each weight file's size, header and `samples` evenly spread slices of its bytes (two fine-tunes
+        of one base have identical safetensors headers, so the data must be sampled too)."""
+        import hashlib
+
+        from camelid.checkpoint.output import MANIFEST
+
+        h = hashlib.sha256()
+        if (self.dir / MANIFEST).is_file():
+            h.update((self.dir / MANIFEST).read_bytes())
+            return h.hexdigest()
+        for file in sorted({t.file for t in self.tensors.values()}):
+            size = file.stat().st_size
+            h.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as f:
+                for k in range(samples + 1):  # sample 0 starts at byte 0: the header
+                    f.seek(max(0, min(size - sample_bytes, k * size // samples)))
+                    h.update(f.read(sample_bytes))
+        return h.hexdigest()
+
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors if names is None else names:
             yield name, self.read(name)

@@ -163,7 +163,7 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
 
     return write_model_dir(out, specs, chunks(), with_config_dtype(diff_ck.config, target),
                            side_files_from=[diff_ck.dir], max_shard_size=max_shard_size,
-                           overwrite=overwrite, desc="recover")
+                           overwrite=overwrite, desc="recover", inputs=[base_ck.dir, diff_ck.dir])
 
 
 def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[TensorInfo]) -> set[str]:
@@ -213,7 +213,7 @@ def make_diff(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.P
 
     path = write_model_dir(out, specs, chunks(), with_config_dtype(tuned_ck.config, store),
                            side_files_from=[tuned_ck.dir], max_shard_size=max_shard_size,
-                           overwrite=overwrite, desc="make-diff")
+                           overwrite=overwrite, desc="make-diff", inputs=[base_ck.dir, tuned_ck.dir])
     if widen:
         warnings.warn(f"{len(widen)} of {len(specs)} tensors stored in float64 so that they recover exactly "
                       f"(some tuned values are far smaller than their base values): {sorted(widen)[:5]}",
