@@ -8,6 +8,7 @@ top-k, top-p. Temperature 0 is greedy (argmax after the repetition penalty).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,15 @@ import torch
 
 from camelid.errors import CamelidError
 from camelid.runtime.detokenize import TextStream
+
+
+def as_float32(x: float) -> float:
+    """`x` as the fp32 sampler sees it: 1e-300 is 0 there and 1e300 is inf, NaN stays NaN. Range checks
+    on this value keep a finite positive float64 from dividing by zero in a sampling step."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return float("inf") if x > 0 else float("-inf")
 
 
 @dataclass(frozen=True)
@@ -25,14 +35,17 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off; HF/TGI (CTRL paper) semantics
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise CamelidError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        # Written so that NaN fails every check (it compares false), and checked in fp32, the sampler's dtype.
+        t = as_float32(self.temperature)
+        if not (self.temperature == 0 or 0 < t < float("inf")):
+            raise CamelidError(f"temperature must be 0 (greedy) or a finite number > 0 (at least ~1e-38, "
+                               f"fp32's smallest), got {self.temperature}")
+        if not 0 < as_float32(self.top_p) <= 1:
             raise CamelidError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise CamelidError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise CamelidError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 < as_float32(self.repetition_penalty) < float("inf"):
+            raise CamelidError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from camelid.serve.gateway import (
     EventStream,
     HTTPError,
     Permit,
+    RequireKey,
     ServerState,
     check_key,
     read_json,
@@ -47,6 +49,7 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     app = FastAPI(title="camelid serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.camelid = state
+    app.add_middleware(RequireKey, api_key=api_key)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError) -> JSONResponse:
@@ -190,7 +193,7 @@ async def _generate(state: ServerState, request: Request, req: GenerateRequest) 
         results = await asyncio.gather(*(_collect(state, request, g) for g in runs))
         if any(r is None for r in results):
             return None
-        results.sort(key=lambda r: -sum(t.logprob for t in r.tokens))
+        results.sort(key=lambda r: -sum(-math.inf if t.logprob is None else t.logprob for t in r.tokens))
         best = results[0]
         elapsed = time.perf_counter() - start
         state.metrics.duration.observe(elapsed)

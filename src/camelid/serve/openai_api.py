@@ -41,7 +41,7 @@ FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     type: Literal["text"]
     text: str
 
@@ -63,9 +63,10 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields both OpenAI routes share. Unknown fields (tools, logit_bias, ...) are refused with 422."""
+    """Fields both OpenAI routes share. Unknown fields (tools, logit_bias, ...) are refused with 422, and so
+    are NaN/Infinity (not JSON numbers)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

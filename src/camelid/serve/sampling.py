@@ -62,6 +62,8 @@ class TokenChooser:
         for process in self.processors:
             scores = process(history, scores)
         logprobs = torch.log_softmax(scores, dim=-1)
+        if bool(logprobs.isnan().any()):  # NaN logits, or a setting that overflowed: fail this request alone
+            raise ValueError("the next-token distribution is not finite (NaN logits)")
         if self.generator is not None:
             token = int(torch.multinomial(logprobs.exp(), 1, generator=self.generator))
         else:
