@@ -116,8 +116,8 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     try:
         work.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(work)
-    except PermissionError as e:
-        raise CheckpointError(f"cannot write {work}: {e.strerror}") from e
+    except OSError as e:  # a read-only or missing parent, a parent that is a file, ...
+        raise CheckpointError(f"cannot create {work}: {e.strerror}") from e
     if not resume:  # a failed earlier run's leftovers: only now, under the lock, is it safe to clear them
         for old in work.iterdir():
             if old.is_dir():
@@ -131,7 +131,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
             shutil.rmtree(out)
         work.rename(out)  # still locked: the lock is on the file, which moves with the folder
     except BaseException as e:
-        if not resume or {p.name for p in work.iterdir()} <= {LOCK}:  # nothing worth resuming
+        if not resume or not any(f.is_file() and f.name != LOCK for f in work.rglob("*")):  # nothing to resume
             shutil.rmtree(work, ignore_errors=True)
         lock.release()
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:

@@ -83,6 +83,11 @@ _ST_DTYPES = {
 }
 
 
+def _is_ints(value: object, length: int | None = None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
+
+
 def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
     # Parse the header ourselves (8-byte length + JSON) to learn names/shapes without mapping data,
     # and check the offsets against the file size so a truncated download is named up front.
@@ -100,17 +105,19 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
         raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from e
     except FileNotFoundError as e:
         raise CheckpointError(f"missing weight file {file}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     header.pop("__metadata__", None)
     end = 0
     infos = {}
     for name, meta in header.items():
+        if not isinstance(meta, dict) or not _is_ints(meta.get("shape")) or not _is_ints(meta.get("data_offsets"), 2):
+            raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} "
+                                  "(shape and data_offsets must be lists of non-negative integers)")
         if meta.get("dtype") not in _ST_DTYPES:
             raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
-        try:
-            info = TensorInfo(name, _ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + meta["data_offsets"][0])
-            begin, stop = meta["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} ({e})") from e
+        begin, stop = meta["data_offsets"]
+        info = TensorInfo(name, _ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + begin)
         if stop - begin != info.nbytes or begin < 0:
             raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name} has {stop - begin} bytes "
                                   f"for shape {list(info.shape)} ({info.nbytes} expected)")
@@ -126,7 +133,9 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     """Load a PyTorch .bin shard without ever running pickled code: plain tensors only."""
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        # mmap needs the zip format (torch >= 1.6); older legacy files are read whole, as Transformers does
+        zipped = zipfile.is_zipfile(file)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=zipped)
     except FileNotFoundError as e:
         raise CheckpointError(f"missing weight file {file}") from e
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
@@ -187,8 +196,10 @@ class Checkpoint:
             self.config: dict = json.loads(config.read_text())
         except FileNotFoundError as e:
             raise CheckpointError(f"{model_dir}: missing config.json") from e
-        except ValueError as e:
+        except (ValueError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{config}: invalid JSON ({e})") from e
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{config}: expected a JSON object, got {type(self.config).__name__}")
         self.tensors: dict[str, TensorInfo] = {}
         for file in _weight_files(model_dir):
             if file.suffix == ".safetensors":

@@ -29,11 +29,18 @@ def _read_json(path: Path) -> dict:
 
 def quantization_config(model_dir: Path, config: dict) -> dict | None:
     """Where AutoGPTQ, GPTQModel and TGI look, in their order: config.json, quantize_config.json, quant_config.json."""
-    if isinstance(config.get("quantization_config"), dict):
-        return config["quantization_config"]
+    raw = config.get("quantization_config")
+    if raw is not None and not isinstance(raw, dict):
+        raise CheckpointError(f"{model_dir / 'config.json'}: quantization_config must be an object, "
+                              f"got {type(raw).__name__}")
+    if raw is not None:
+        return raw
     for name in _QUANT_FILES:
         if (model_dir / name).is_file():
-            return _read_json(model_dir / name)
+            raw = _read_json(model_dir / name)
+            if not isinstance(raw, dict):
+                raise CheckpointError(f"{model_dir / name}: expected a JSON object, got {type(raw).__name__}")
+            return raw
     return None
 
 

@@ -30,9 +30,12 @@ class GPTQConfig:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def read_quant_config(model_dir: str | Path) -> GPTQConfig | None:
@@ -50,6 +53,8 @@ def read_quant_config(model_dir: str | Path) -> GPTQConfig | None:
                 break
     if raw is None:
         return None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: expected an object of GPTQ settings, got {type(raw).__name__}")
     method = str(raw.get("quant_method", "gptq")).lower()
     if method != "gptq":
         raise CheckpointError(f"{source}: quant_method {method!r} is not supported (camelid runs GPTQ checkpoints)")
