@@ -116,3 +116,32 @@ def test_half_sent_request_is_timed_out(served):
             s.close()
             assert waited < state.read_timeout + 5
             assert data.startswith(b"HTTP/1.1 408"), data[:80]
+
+
+def test_sentencepiece_stream_eos_event_does_not_repeat_text(served):
+    """Slow SentencePiece decodes "g" + "</s>" as " g</s>": the EOS event's text is "</s>", not "g</s>"."""
+    from camelid.runtime.detokenize import TextStream
+
+    tok = served.tokenizer
+    assert not tok.is_fast  # stories260K: the slow SentencePiece tokenizer
+    prompt = tok("Once upon a time")["input_ids"]
+    generated = tok(" there was a dog", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    stream = TextStream(tok, prompt)
+    pieces = [stream.push(i) for i in generated]
+    assert pieces[-1] == tok.eos_token
+    assert "".join(pieces[:-1]) == " there was a dog"
+
+
+def test_tokenize_offsets_for_byte_fallback_characters(served):
+    """日 is three byte tokens in stories260K's vocabulary: each gets the character's span (as fast tokenizers
+    give), and the spans after it are not shifted."""
+    from camelid.serve.app import _tokenize
+
+    text = "héllo 日本 🦙!"
+    out = _tokenize(served.tokenizer, text, False)
+    assert all(text[t["start"]:t["stop"]] == t["text"] for t in out)
+    by_char = {}
+    for t in out:
+        by_char.setdefault((t["start"], t["stop"]), []).append(t["id"])
+    assert [len(by_char[(i, i + 1)]) for i in (6, 7, 9)] == [3, 3, 4]  # 3-byte CJK, 4-byte emoji
+    assert out[-1]["text"] == "!" and out[-1]["stop"] == len(text)

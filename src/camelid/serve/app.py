@@ -288,9 +288,16 @@ def _tokenize(tokenizer, text: str, add_special_tokens: bool) -> list[dict]:
     if tokenizer.is_fast:
         spans = enc["offset_mapping"]
     else:
-        spans, stop = [], 0
+        # Each token ends where the decoded prefix ends. Byte-fallback tokens (<0xE6><0x97><0xA5> for 日)
+        # decode to an incomplete character until the last one: all of them get that character's span, as
+        # the fast tokenizer's offsets give.
+        spans, stop, waiting = [], 0, 0
         for k in range(len(ids)):
-            end = min(len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)), len(text))
-            spans.append((stop, max(end, stop)))
-            stop = max(end, stop)
+            decoded = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            if decoded.endswith("\ufffd") and k + 1 < len(ids):
+                waiting += 1
+                continue
+            end = max(min(len(decoded.rstrip("\ufffd")), len(text)), stop)
+            spans += [(stop, end)] * (waiting + 1)
+            stop, waiting = end, 0
     return [{"id": i, "text": text[a:b], "start": a, "stop": b} for i, (a, b) in zip(ids, spans, strict=True)]
