@@ -191,3 +191,14 @@ def test_legacy_bin_is_read_by_every_command(tmp_path, capsys):
     assert main(["generate", str(legacy), "Once", "--template", "none", "--temperature", "0",
                  "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_chat_refuses_a_non_utf8_line_and_goes_on(root, capsys, monkeypatch):
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xc3\xa9 \xff\nOnce upon a time\n\n"))
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["chat", str(root / "model"), "--template", "tulu", "--max-new-tokens", "3",
+                 "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "that line is not UTF-8 text (byte 0xff at offset 6); nothing sent" in err

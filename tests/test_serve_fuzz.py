@@ -101,12 +101,12 @@ def server():
     served = load_for_serving(str(STORIES), template=TEMPLATE)
     catcher = Tracebacks()
     loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error", "camelid.serve")]
-    for lg in loggers:
-        lg.addHandler(catcher)
     with live_server(served, max_input_tokens=48, max_total_tokens=64) as (base, state):
+        for lg in loggers:  # after uvicorn's start: its logging config resets the handlers of its loggers
+            lg.addHandler(catcher)
         yield base, catcher
-    for lg in loggers:
-        lg.removeHandler(catcher)
+        for lg in loggers:
+            lg.removeHandler(catcher)
 
 
 WELL_FORMED = [

@@ -145,3 +145,33 @@ def test_tokenize_offsets_for_byte_fallback_characters(served):
         by_char.setdefault((t["start"], t["stop"]), []).append(t["id"])
     assert [len(by_char[(i, i + 1)]) for i in (6, 7, 9)] == [3, 3, 4]  # 3-byte CJK, 4-byte emoji
     assert out[-1]["text"] == "!" and out[-1]["stop"] == len(text)
+
+
+def test_client_hanging_up_mid_body_leaves_no_traceback(served):
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    catcher = Catch(logging.WARNING)
+    loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error", "camelid.serve")]
+    with live_server(served) as (base, state):
+        for lg in loggers:  # after uvicorn's start: its logging config resets the handlers of its loggers
+            lg.addHandler(catcher)
+        try:
+            host, port = base.removeprefix("http://").split(":")
+            for _ in range(3):
+                s = socket.create_connection((host, int(port)))
+                s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                          b"content-length: 1000\r\n\r\n{\"inputs\": \"Once")
+                time.sleep(0.2)  # the app is reading the body when the client goes
+                s.close()
+            time.sleep(0.5)
+            assert request(base + "/health", method="GET")[0] == 200
+        finally:
+            for lg in loggers:
+                lg.removeHandler(catcher)
+    assert not [r for r in seen if r.exc_info or "Traceback" in r.getMessage()], [r.getMessage() for r in seen]

@@ -40,7 +40,7 @@ from camelid.checkpoint import (
     with_config_dtype,
     write_model_dir,
 )
-from camelid.errors import CheckpointError
+from camelid.errors import CamelidError, CheckpointError
 
 # Buffers that old transformers versions saved with the weights; recomputed at load, never diffed.
 _NOT_WEIGHTS = (".rotary_emb.inv_freq",)
@@ -144,6 +144,8 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
     mismatch nothing is written. A SHA-256 manifest of the output is always written.
     """
     target = parse_dtype(dtype)
+    if check_sum is not None and not math.isfinite(check_sum):
+        raise CamelidError(f"check_sum must be a finite number, got {check_sum}")
     base_ck, diff_ck = open_checkpoint(base), open_checkpoint(diff)
     infos = match_tensors(base_ck, diff_ck, "diff")
     specs = [TensorSpec(i.name, target, i.shape) for i in infos]

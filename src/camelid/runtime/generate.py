@@ -122,6 +122,8 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: S
     `max_new_tokens`, at an EOS id (not yielded) or at the model's position limit."""
     if not input_ids:
         raise CamelidError("empty prompt: nothing to condition on (the tokenizer added no BOS)")
+    if max_new_tokens < 0:
+        raise CamelidError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = next(model.parameters()).device
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None:

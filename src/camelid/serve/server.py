@@ -71,6 +71,10 @@ def serve(
     from camelid.serve.app import create_app
     from camelid.serve.engine import load_for_serving
 
+    if not 1 <= port <= 65535:
+        raise CamelidError(f"port must be 1-65535, got {port}")
+    if threads is not None and threads < 1:
+        raise CamelidError(f"threads must be >= 1, got {threads}")
     if api_key is None and not _is_loopback(host):
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
     if threads is not None:
