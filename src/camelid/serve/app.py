@@ -21,7 +21,6 @@ from camelid.serve.gateway import (
     Permit,
     RequireKey,
     ServerState,
-    check_key,
     read_json,
     run_sequence,
     sse,
@@ -67,19 +66,16 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.post("/generate")
     async def generate(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return _json(await _generate(state, request, req), wrap=False)
 
     @app.post("/generate_stream")
     async def generate_stream(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return await _generate_stream(state, request, req)
 
     @app.post("/")
     async def compat(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         if req.stream:
             return await _generate_stream(state, request, req)
@@ -87,13 +83,11 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return await asyncio.to_thread(_tokenize, served.tokenizer, req.inputs, req.add_special_tokens)
 
     @app.get("/info")
     async def info(request: Request):
-        check_key(state, request)
         return {
             "model_id": served.model_id,
             "model_sha": served.revision,
@@ -123,7 +117,6 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.get("/metrics")
     async def metrics_route(request: Request):
-        check_key(state, request)  # Prometheus sends it with `authorization: {credentials: KEY}`
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     openai_api.add_routes(app, state)

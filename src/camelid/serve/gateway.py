@@ -54,17 +54,13 @@ def key_matches(api_key: str | None, authorization: str) -> bool:
     return api_key is None or hmac.compare_digest(authorization.encode(), f"Bearer {api_key}".encode())
 
 
-def check_key(state: ServerState, request: Request, openai: bool = False) -> None:
-    if not key_matches(state.api_key, request.headers.get("authorization", "")):
-        raise HTTPError(401, "Unauthorized", "authentication", openai)
-
-
 OPEN_PATHS = ("/health", "/ping")  # load balancers probe these without credentials
 
 
 class RequireKey:
-    """ASGI guard: every path but /health (and its SageMaker alias /ping) needs the key, including the ones
-    no route declares (/openapi.json, /docs, a 404), so nothing about the server leaks without it."""
+    """ASGI guard, the one place the key is checked: every path but /health (and its SageMaker alias /ping)
+    needs `Authorization: Bearer KEY` (Prometheus sends it with `authorization: {credentials: KEY}`),
+    including paths no route declares (/openapi.json, /docs, a 404), so nothing leaks without it."""
 
     def __init__(self, app, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key

@@ -23,7 +23,6 @@ from camelid.serve.gateway import (
     HTTPError,
     Permit,
     ServerState,
-    check_key,
     read_json,
     run_sequence,
     sse,
@@ -146,12 +145,10 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_key(state, request, openai=True)
         return {"object": "list", "data": [_model_card(served.model_id)]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        check_key(state, request, openai=True)
         req = await read_json(state, request, ChatRequest, openai=True)
         ids = await asyncio.to_thread(render_chat, served, [m.as_dict() for m in req.messages])
         top_n = (req.top_logprobs or 0) if req.logprobs else 0
@@ -161,7 +158,6 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        check_key(state, request, openai=True)
         req = await read_json(state, request, CompletionRequest, openai=True)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
