@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from camelid.checkpoint.writer import TensorSpec, save_sharded, write_json
+from camelid.checkpoint.jsonio import read_json, write_json
+from camelid.checkpoint.writer import TensorSpec, save_sharded
 from camelid.errors import CamelidError, CheckpointError
 
 TOKENIZER_FILES = (
@@ -38,8 +39,9 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_output(out: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> None:
-    """Refuse an OUT whose writing could destroy anything but camelid's own earlier output.
+def check_output(out: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse an OUT whose writing could destroy anything but camelid's own earlier output; called before
+    long work, not after it.
 
     OUT (and OUT.partial) may not be, lie inside, or contain any input (symlinks resolved): replacing it
     would delete the source. `overwrite` replaces only a folder camelid wrote, recognised by its
@@ -106,7 +108,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     folder that camelid did not make (no lock file) is never reused or removed.
     """
     out = Path(out)
-    check_output(out, inputs, overwrite)
+    check_output(out, overwrite, inputs)
     work = partial_dir(out)
     if work.is_symlink() or (work.exists() and not work.is_dir()):
         raise CamelidError(f"{work} exists and is not a folder; remove it or choose another output folder")
@@ -126,7 +128,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
                 old.unlink()
     try:
         yield work
-        check_output(out, inputs, overwrite)  # OUT may have appeared meanwhile
+        check_output(out, overwrite, inputs)  # OUT may have appeared meanwhile
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)  # still locked: the lock is on the file, which moves with the folder
@@ -172,7 +174,7 @@ def write_manifest(folder: Path) -> dict[str, str]:
 
 
 def verify_manifest(folder: Path) -> None:
-    sums = json.loads((folder / MANIFEST).read_text())
+    sums = read_json(folder / MANIFEST)
     for name, digest in sums.items():
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name}: listed in {MANIFEST} but missing")
@@ -219,7 +221,7 @@ def write_model_dir(out: str | Path, specs: Sequence[TensorSpec], chunks: Iterab
     `inputs`: the folders read, which OUT may not overlap (see `check_output`).
     """
     out = Path(out)
-    check_output(out, inputs, overwrite)
+    check_output(out, overwrite, inputs)
     total = sum(s.nbytes for s in specs)
     ensure_free_space(out, total + (1 << 20))
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as work, single_threaded():

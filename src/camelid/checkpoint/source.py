@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from camelid.checkpoint.jsonio import read_json
+from camelid.dtypes import SAFETENSORS_DTYPES
 from camelid.errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -76,13 +78,6 @@ class TensorInfo:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-
-
 def _is_ints(value: object, length: int | None = None) -> bool:
     return (isinstance(value, list) and (length is None or len(value) == length)
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
@@ -114,10 +109,10 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
         if not isinstance(meta, dict) or not _is_ints(meta.get("shape")) or not _is_ints(meta.get("data_offsets"), 2):
             raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} "
                                   "(shape and data_offsets must be lists of non-negative integers)")
-        if meta.get("dtype") not in _ST_DTYPES:
+        if meta.get("dtype") not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
         begin, stop = meta["data_offsets"]
-        info = TensorInfo(name, _ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + begin)
+        info = TensorInfo(name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + begin)
         if stop - begin != info.nbytes or begin < 0:
             raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name} has {stop - begin} bytes "
                                   f"for shape {list(info.shape)} ({info.nbytes} expected)")
@@ -192,12 +187,9 @@ class Checkpoint:
     def __init__(self, model_dir: str | os.PathLike):
         self.dir = model_dir = Path(model_dir)
         config = model_dir / "config.json"
-        try:
-            self.config: dict = json.loads(config.read_text())
-        except FileNotFoundError as e:
-            raise CheckpointError(f"{model_dir}: missing config.json") from e
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{config}: invalid JSON ({e})") from e
+        if not config.is_file():
+            raise CheckpointError(f"{model_dir}: missing config.json")
+        self.config: dict = read_json(config)
         if not isinstance(self.config, dict):
             raise CheckpointError(f"{config}: expected a JSON object, got {type(self.config).__name__}")
         self.tensors: dict[str, TensorInfo] = {}

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from camelid.checkpoint import Checkpoint
+from camelid.checkpoint.source import Checkpoint
 from camelid.errors import CamelidError, CheckpointError
-from camelid.quant.format import QuantParams, packable
+from camelid.formats.gptq.layout import packable
+from camelid.quant.format import QuantParams
 from camelid.quant.layer import LINEARS, layer_prefix
 
 
