@@ -400,7 +400,8 @@ def _serve(args: argparse.Namespace) -> int:
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """One line naming the culprit, like every other camelid error (argparse adds a usage block)."""
-        self.exit(2, f"camelid: error: {self.prog.removeprefix('camelid ')}: {message} (see --help)\n")
+        command = self.prog.removeprefix("camelid").strip()
+        self.exit(2, f"camelid: error: {command + ': ' if command else ''}{message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
