@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import STORIES
+from helpers import STORIES, crash_after_layer
 from safetensors.torch import load_file, save_file
 
 from camelid.checkpoint.output import LOCK
@@ -80,13 +80,7 @@ def test_second_writer_refuses_first_is_unharmed(tmp_path, monkeypatch, alone):
 
 def _interrupted(tmp_path: Path, monkeypatch, name: str = "q") -> Path:
     real_save = engine.save_progress
-
-    def crash_after_layer_1(work, progress, hidden, layer):
-        real_save(work, progress, hidden, layer)
-        if layer == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_progress", crash_after_layer_1)
+    monkeypatch.setattr(engine, "save_progress", crash_after_layer(1))
     with pytest.raises(KeyboardInterrupt):
         quantize(STORIES, tmp_path / name, bits=4, **ARGS)
     monkeypatch.setattr(engine, "save_progress", real_save)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import crash_after_layer
 from safetensors.torch import load_file
 
 from camelid.cli import main as camelid
@@ -65,12 +66,7 @@ def test_quantized_model_stays_close(tmp_path):
 def test_resume_after_interruption(tmp_path, monkeypatch):
     ref = quantize(STORIES, tmp_path / "ref", bits=3, group_size=32, **ARGS)
     real_save = engine.save_progress
-
-    def crash_after_layer_2(work, progress, hidden, layer):
-        real_save(work, progress, hidden, layer)
-        if layer == 2:
-            raise KeyboardInterrupt
-
+    crash_after_layer_2 = crash_after_layer(2)
     monkeypatch.setattr(engine, "save_progress", crash_after_layer_2)
     with pytest.raises(KeyboardInterrupt):
         quantize(STORIES, tmp_path / "q", bits=3, group_size=32, **ARGS)
