@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files
+from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files, write_manifest
 from camelid.checkpoint.source import Checkpoint, open_checkpoint
 from camelid.device import compute_dtype, resolve_device
 from camelid.errors import CamelidError
@@ -16,6 +16,7 @@ from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
 from camelid.formats.gptq.layout import declare_unquantized, packable
 from camelid.quant.assemble import assemble
 from camelid.quant.calib import calibration_windows
+from camelid.quant.checks import FiniteWeights, check_run, default_seq_len, linear_dims
 from camelid.quant.layer import GROUPS, LINEARS, layer_prefix, llama_config
 from camelid.quant.loop import quantize_layers
 from camelid.quant.methods import method_for
@@ -39,25 +40,31 @@ def quantize(model: str | Path, out: str | Path, params: QuantParams, calib: Cal
     `calibration` ([n, seq_len] token ids) overrides `calib`'s dataset/nsamples/seq_len. Rerunning
     after an interruption resumes from the last finished layer.
     """
-    check_output(out, options.overwrite)  # before the (long) calibration, not after
     ckpt = open_checkpoint(model, options.revision)
+    check_output(out, options.overwrite, [ckpt.dir])  # before the (long) calibration, not after
     check_model(params, ckpt.config)
     dev = resolve_device(options.device)
     dtype = compute_dtype(dev, options.compute)
     config = llama_config(ckpt.config)
     method = method_for(params)
-    ids = None
-    if method.needs_activations:
-        if calibration is None:
-            tok = load_tokenizer(ckpt.dir)
-            calibration = calibration_windows(tok, calib.dataset, calib.dataset_path, calib.nsamples,
-                                              calib.seq_len, calib.seed, calib.template)
-        ids = calibration.to(torch.long)
+    nsamples, seq_len = calibration.shape if calibration is not None else (calib.nsamples, calib.seq_len)
+    seq_len = default_seq_len(ckpt) if seq_len is None else seq_len
+    check_run(params, ckpt, config.num_hidden_layers, seq_len, nsamples, calibrated=method.needs_activations)
+    ckpt = FiniteWeights(ckpt)
 
-    with atomic_output_dir(out, overwrite=options.overwrite, resume=True) as work:
+    # OUT.partial is locked before calibration: a second run into the same OUT refuses at once.
+    with atomic_output_dir(out, overwrite=options.overwrite, resume=True, inputs=[ckpt.dir]) as work:
+        ids = None
+        if method.needs_activations:
+            if calibration is None:
+                tok = load_tokenizer(ckpt.dir)
+                calibration = calibration_windows(tok, calib.dataset, calib.dataset_path, nsamples,
+                                                  seq_len, calib.seed, calib.template)
+            ids = calibration.to(torch.long)
         fingerprint = run_fingerprint(params, ids, ckpt, str(dtype))
         log, extra = quantize_layers(work, ckpt, config, method, ids, fingerprint, options, dev, dtype)
         write_checkpoint(work, ckpt, str(model), params, calib, ids, dtype, log, extra, options.max_shard_size)
+        write_manifest(work)  # also what lets a later --overwrite recognise this folder as camelid's
     return Path(out)
 
 
@@ -67,7 +74,7 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     """The finished run's folder: shards, side files, quantize_config.json, config.json, quant_log.csv."""
     n_layers = ckpt.config["num_hidden_layers"]
     skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
-               if not packable(*_linear_dims(ckpt, n), p.bits, p.group_size)]
+               if not packable(*linear_dims(ckpt, n), p.bits, p.group_size)]
     dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
     run = {
         "dataset": None if ids is None else (str(calib.dataset_path) if calib.dataset_path else calib.dataset),
@@ -91,7 +98,3 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     shutil.rmtree(work / LAYERS)
     shutil.rmtree(work / STATE)
 
-
-def _linear_dims(ckpt: Checkpoint, name: str) -> tuple[int, int]:
-    out_f, in_f = ckpt.tensors[name + ".weight"].shape
-    return in_f, out_f

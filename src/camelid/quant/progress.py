@@ -43,6 +43,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 def run_fingerprint(p: QuantParams, ids: torch.Tensor | None, ckpt: Checkpoint, extra: str = "") -> str:
     h = hashlib.sha256(json.dumps(p.as_dict(), sort_keys=True).encode() + extra.encode())
     h.update(json.dumps(ckpt.config, sort_keys=True).encode())
+    h.update(ckpt.fingerprint().encode())  # the weights themselves: another model is refused, not merged
     if ids is not None:
         h.update(ids.to(torch.int64).numpy().tobytes())
     return h.hexdigest()

@@ -103,7 +103,7 @@ class CalibSpec(_Settings):
     dataset: str = "wikitext2"  # wikitext2, code, file, or a path to a .txt/.jsonl/.json file
     dataset_path: str | None = None  # local file for a named dataset
     nsamples: int = 128
-    seq_len: int = 2048
+    seq_len: int | None = None  # None: 2048, or the model's context when shorter
     seed: int = 0
     template: str = "alpaca"  # renders instruction/input/output records
 
@@ -114,7 +114,8 @@ class CalibSpec(_Settings):
             # a Path would not survive to_dict -> JSON; callers pass str(path)
             object.__setattr__(self, "dataset_path", str(self.dataset_path))
         _positive_int(self.nsamples, "--nsamples")
-        _positive_int(self.seq_len, "--seq-len")
+        if self.seq_len is not None:
+            _positive_int(self.seq_len, "--seq-len")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise CamelidError(f"--seed must be an integer, got {self.seed!r}")
         if not isinstance(self.template, str) or not self.template:
