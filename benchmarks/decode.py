@@ -7,16 +7,20 @@ The model is a Llama with two Llama-7B-shaped layers (hidden 4096, intermediate 
 - a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), Q/K rows permuted as llama.cpp's
   converter does, tokenizer from the LLaMA-2 tokenizer.model (shared data, never copied into the repo),
 so every quantized contender runs the same weights at ~4.5 bits. Each contender runs in its own
-subprocess (peak RSS is that process' max RSS) with 2 threads, `--rounds` times in rotating order; decode is
+subprocess (peak RSS is that process' own VmHWM) with 2 threads, `--rounds` times in rotating order; decode is
 the median per-token step of 128 greedy tokens after a 12-token prompt (HF: `generate()`, timed per step
 by a logits processor; llama.cpp: `eval` + argmax), and the round with the fastest decode is reported.
-llama-cpp-python must be built without AMX (its AMX path segfaults on this CPU): CMAKE_ARGS="-DGGML_NATIVE=OFF
--DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" (with GGML_NATIVE on, -march=native re-enables AMX).
+camelid runs three ways: `camelid` (the kernel `choose_kernel` picks on this CPU), `camelid-int4` (torch's
+int4 tinygemm forced, the round-one path) and `camelid-avx2` (CAMELID_CPU_ISA=avx2: the kernels an
+AVX2-only CPU gets, run on this one).
+llama-cpp-python must be built for the host's features, not -march=native (an AVX-512 build dies with SIGILL
+on AVX2 machines, and with GGML_NATIVE on, -march=native re-enables AMX, whose path segfaulted on the Xeon);
+`--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
 
-    PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid-int4,llamacpp-q4_0] [--rounds 2]
+    CMAKE_ARGS="$(python benchmarks/decode.py --llamacpp-cmake-args)" pip install --no-binary llama-cpp-python llama-cpp-python
+    PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid,llamacpp-q4_0] [--rounds 2]
 
-Prints a table and writes benchmarks/results/decode.json.
+Prints the CPU model and features, a table, and writes benchmarks/results/decode.json.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
-CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid-int4")
+CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid", "camelid-int4", "camelid-avx2")
+# ggml's CMake switches per /proc/cpuinfo flag (ggml/CMakeLists.txt); AMX stays off (see the docstring).
+GGML_FLAGS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "avx_vnni": "GGML_AVX_VNNI",
+              "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+              "avx512_bf16": "GGML_AVX512_BF16"}
 THREADS = 2
 PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512
 CONFIG = {
@@ -198,6 +206,24 @@ def _summary(step_s: list[float], prefill_s: list[float]) -> dict:
             "prefill_tokens_per_s": PREFILL_LEN / min(prefill_s)}
 
 
+def llamacpp_cmake_args(flags: frozenset[str]) -> str:
+    on = [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in GGML_FLAGS.items()]
+    return " ".join(["-DGGML_NATIVE=OFF", *on, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
+
+
+def peak_rss_mb() -> float:
+    """This process' own peak RSS. Not ru_maxrss: Linux carries the forking parent's high-water mark over
+    exec into it, so every contender reported at least the driver's RSS (3,149 MB after writing the
+    checkpoints); VmHWM belongs to the process' own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _time_hf(model) -> dict:
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -275,23 +301,25 @@ def run_contender(name: str, paths: dict[str, Path]) -> dict:
         model = GPTQModel.load(str(paths["gptq"]), device="cpu").model.eval()
         info["kernel"] = type(model.model.layers[0].self_attn.q_proj).__name__
         info["lm_head"] = type(model.lm_head).__name__
-    elif name == "camelid-int4":
+    elif name.startswith("camelid"):
         import camelid
         from camelid.runtime import describe_kernels
 
-        model, _ = camelid.load(paths["gptq"])
-        info["kernels"] = describe_kernels(model)["kernels"]
+        model, _ = camelid.load(paths["gptq"], kernel="int4" if name == "camelid-int4" else "auto")
+        described = describe_kernels(model)
+        info["kernels"], info["cpu_kernels"] = described["kernels"], described["cpu"]
     elif name == "llamacpp-q4_0":
+        import llama_cpp
         from llama_cpp import Llama
 
         llm = Llama(model_path=str(paths["gguf"]), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
                     n_batch=PREFILL_LEN, n_ubatch=PREFILL_LEN, logits_all=False, verbose=False)
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
     else:
         raise SystemExit(f"unknown contender {name}")
     load_s = time.perf_counter() - t0
     timings = _time_llamacpp(llm) if name == "llamacpp-q4_0" else _time_hf(model)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": rss_mb, **info}
+    return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": peak_rss_mb(), **info}
 
 
 # --- driver ---------------------------------------------------------------------------------------------
@@ -305,12 +333,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="runs per contender (the fastest is reported)")
     ap.add_argument("--threads", type=int, default=THREADS, help="CPU threads per contender (the issue's setting: 2)")
     ap.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
+    ap.add_argument("--llamacpp-cmake-args", action="store_true", help="print CMAKE_ARGS for a native llama.cpp build")
     args = ap.parse_args()
     THREADS = args.threads
+    from camelid.runtime.cpu_features import cpu_features
+
+    cpu = cpu_features()
+    if args.llamacpp_cmake_args:
+        print(llamacpp_cmake_args(cpu.flags))
+        return
     if args.contender:
         paths = {"hf": args.workdir / "hf", "gptq": args.workdir / "gptq-4bit-g128", "gguf": args.workdir / "model-q4_0.gguf"}
         print("RESULT " + json.dumps(run_contender(args.contender, paths)))
         return
+    print(f"CPU: {cpu.model}; flags: {' '.join(cpu.summary()['flags'])}; {THREADS} threads", file=sys.stderr)
     paths = prepare(args.workdir)
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "GPTQMODEL_CPU_WORKERS": str(THREADS),
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -320,8 +356,9 @@ def main() -> None:
         # Rotate the order each round so no contender always runs in the same (busy or quiet) slot.
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             proc = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--contender", name,
-                               "--threads", str(THREADS)],
-                                  env=env, capture_output=True, text=True)
+                                   "--threads", str(THREADS)],
+                                  env={**env, "CAMELID_CPU_ISA": "avx2"} if name == "camelid-avx2" else env,
+                                  capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -344,19 +381,25 @@ def main() -> None:
               f"{r['prefill_tokens_per_s']:>13.1f} "
               f"{r['load_s']:>7.1f} {r['peak_rss_mb']:>11.0f}")
     ratios = {}
-    if "camelid-int4" in ref:
-        c = ref["camelid-int4"]["decode_ms_per_token"]
+    if "camelid" in ref:
+        c = ref["camelid"]
         for other, target in (("llamacpp-q4_0", 0.9), ("hf-fp32", 0.45)):
             if other in ref:
-                ratios[f"camelid/{other}"] = {"ratio": c / ref[other]["decode_ms_per_token"], "target": target}
+                ratios[f"camelid/{other}"] = {"ratio": c["decode_ms_per_token"] / ref[other]["decode_ms_per_token"],
+                                              "target": target}
                 print(f"camelid / {other} decode: {ratios[f'camelid/{other}']['ratio']:.2f} (target <= {target})")
+        if "llamacpp-q4_0" in ref:
+            ratios["camelid/llamacpp-q4_0 prefill tok/s"] = {
+                "ratio": c["prefill_tokens_per_s"] / ref["llamacpp-q4_0"]["prefill_tokens_per_s"], "target": ">= 1.0"}
+            print(f"camelid / llamacpp-q4_0 prefill tok/s: {ratios['camelid/llamacpp-q4_0 prefill tok/s']['ratio']:.2f}"
+                  " (target >= 1.0)")
     results = RESULTS_DIR / ("decode.json" if THREADS == 2 else f"decode-{THREADS}threads.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
         "setup": {"model": "Llama, 2 layers of Llama-7B shape, random weights, untied head", "threads": THREADS,
                   "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS, "prefill_tokens": PREFILL_LEN,
                   "quantized": f"{BITS}-bit g{GROUP} (GPTQ, lm_head too) / Q4_0 (all matrices)",
-                  "rounds": args.rounds, "cpu_threads_available": os.cpu_count(),
+                  "rounds": args.rounds, "cpu_threads_available": os.cpu_count(), "cpu": cpu.summary(),
                   "load_average_at_end": os.getloadavg()},
         "results": rows, "ratios": ratios, "all_runs": runs}, indent=2))
     print(f"wrote {results}")
