@@ -46,7 +46,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if "kernels" in summary:
         plan = summary["kernels"]
         print(f"kernels:      {json.dumps(plan['kernels'])} on {plan['device']}"
-              + (f"; not int4: {json.dumps(plan['not_int4'])}" if plan.get("not_int4") else ""))
+              + (f"; not faster: {json.dumps(plan['not_faster'])}" if plan.get("not_faster") else ""))
+        if "cpu" in plan:
+            cpu = plan["cpu"]
+            print(f"cpu:          {cpu['cpu']['model']}, ISA level {cpu['cpu']['isa']}"
+                  + (" (forced by CAMELID_CPU_ISA)" if cpu["cpu"]["isa_forced"] else "")
+                  + f"; C++ kernels: {cpu['cpp_kernels'] or 'not used, ' + str(cpu['cpp_kernels_unavailable'])}")
     return 0
 
 
@@ -89,7 +94,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="Hub branch, tag or commit")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help="device whose kernels to report for a GPTQ model")
-    p.add_argument("--kernel", default="auto", choices=["auto", "int4", "int8", "dense"],
+    p.add_argument("--kernel", default="auto", choices=["auto", "q4x8", "int4", "int8", "dense"],
                    help="report as if this kernel were forced")
     p.set_defaults(func=_cmd_info)
 
