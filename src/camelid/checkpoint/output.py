@@ -53,6 +53,23 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     work.rename(out)
 
 
+@contextlib.contextmanager
+def atomic_output_file(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield `OUT.partial` to write into; rename it to OUT when the block completes, remove it on failure."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    work = out.with_name(out.name + ".partial")
+    try:
+        yield work
+        work.replace(out)
+    except BaseException as e:
+        work.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise CheckpointError(f"disk full while writing {out}; partial output removed") from e
+        raise
+
+
 def copy_side_files(src: Path, dst: Path, names: tuple[str, ...] = SIDE_FILES) -> list[str]:
     copied = []
     for name in names:
