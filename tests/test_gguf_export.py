@@ -180,3 +180,40 @@ def test_cli_export(tmp_path, capsys):
     assert "s.Q8_0.gguf" in out and "s.F16.gguf" in out
     assert main(["export", "gguf", str(STORIES), str(tmp_path), "--types", "q8_0", "--name", "s"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def _tulu_like(tmp_path):
+    """stories260K's tokenizer plus a [PAD] token (id 512, as Tulu's 32000) and a chat_template.jinja."""
+    folder = tmp_path / "tulu-like"
+    folder.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (folder / name).write_bytes((STORIES / name).read_bytes())
+    (folder / "added_tokens.json").write_text(json.dumps({"[PAD]": 512}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "[PAD]"}))
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 514}))
+    return folder
+
+
+@pytest.mark.parametrize("which", ["stories260K", "camel45m", "tulu-like"])
+def test_vocab_agrees_with_camelids_tokenizer(which, shared_data, tmp_path):
+    from camelid.export.gguf_vocab import read_vocab
+    from camelid.runtime.tokenizer import load_tokenizer
+
+    folder = {"stories260K": STORIES, "camel45m": shared_data / "models" / "camel45m"}.get(which) or _tulu_like(tmp_path)
+    n = json.loads((folder / "config.json").read_text())["vocab_size"]
+    vocab = read_vocab(folder, n)
+    tok = load_tokenizer(folder)
+    assert len(vocab.tokens) == n
+    assert vocab.special_ids == {
+        k: getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "unk", "pad") if getattr(tok, f"{k}_token_id") is not None}
+    probe = tok("a b")["input_ids"]
+    assert vocab.add_bos == (probe[0] == tok.bos_token_id) and vocab.add_eos == (probe[-1] == tok.eos_token_id)
+    assert vocab.chat_template == (tok.chat_template or None)
+    for i, added in tok.added_tokens_decoder.items():
+        assert vocab.tokens[i] == added.content.encode()
+        T = gguf.TokenType
+        assert vocab.types[i] == (T.UNKNOWN if i == tok.unk_token_id else T.CONTROL if added.special else T.USER_DEFINED)
+    if which == "tulu-like":
+        assert vocab.special_ids["pad"] == 512 and vocab.types[513] == gguf.TokenType.UNUSED
+        assert vocab.tokens[513] == b"[PAD513]"

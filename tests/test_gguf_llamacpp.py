@@ -22,10 +22,14 @@ pytestmark = pytest.mark.llamacpp
 PROMPT = "Once upon a time, there was a little girl named Lily. She"
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Sum 2 and 3.\nThen  explain\n\nbriefly."},
+    {"role": "user", "content": "Sum 2 and 3.\nThen  explain\n\n briefly."},
     {"role": "assistant", "content": "5, because 2 + 3 = 5."},
     {"role": "user", "content": "And 4 + 4?"},
 ]
+# stories260K's tokenizer.model sets SentencePiece's remove_extra_whitespaces, which llama.cpp's SPM tokenizer
+# does not apply (see camelid.export.gguf_vocab): its conversation has no runs of spaces.
+SIMPLE = [{"role": "user", "content": "Tell me a story.\nAbout a cat\n\nnamed Tom."},
+          {"role": "assistant", "content": "Once upon a time."}, {"role": "user", "content": "More!"}]
 
 
 def _greedy_transformers(model, ids: list[int], n: int) -> list[int]:
@@ -109,10 +113,12 @@ def test_eval_cli_measures_a_gguf_against_its_source(stories_ggufs, tmp_path, ca
     assert "not GGUF files" in capsys.readouterr().err
 
 
-def _tulu_ids_agree(model_dir, gguf_path):
-    tok = camelid.runtime.tokenizer.load_tokenizer(model_dir)
-    _, gguf_tok = load_gguf(gguf_path, vocab_only=True)
-    for messages in (CONVERSATION[1:2], CONVERSATION):
+def _tulu_ids_agree(model_dir, gguf_path, conversation):
+    from camelid.runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    _, gguf_tok = load_gguf(gguf_path, n_ctx=64, threads=1)
+    for messages in (conversation[-1:], conversation):
         text = camelid.render_template(tok, messages, template="tulu")
         assert text.startswith("<s><|user|>\n") or text.startswith("<s><|system|>\n")
         want = camelid.apply_template(tok, messages, template="tulu")
@@ -122,14 +128,23 @@ def _tulu_ids_agree(model_dir, gguf_path):
 
 
 def test_tulu_prompt_tokenizes_to_camelids_ids_stories(stories_ggufs):
-    _tulu_ids_agree(STORIES, stories_ggufs["f16"])
+    _tulu_ids_agree(STORIES, stories_ggufs["f16"], SIMPLE)
 
 
 @pytest.mark.slow
 def test_camel45m_f16_greedy_and_tulu_ids(shared_data, tmp_path_factory):
     src = shared_data / "models" / "camel45m"
-    (path,) = export_gguf(src, tmp_path_factory.mktemp("camel45m"), GGUFExport(types=("f16",), chat_template="tulu"))
-    ids = _tulu_ids_agree(src, path)
+    root = tmp_path_factory.mktemp("camel45m")
+    (path,) = export_gguf(src, root / "gguf", GGUFExport(types=("f16",), chat_template="tulu"))
+    # camelid's SentencePiece tokenizer of the LLaMA-2 tokenizer.model (what camelid.load uses for a LLaMA
+    # folder without tokenizer.json). camel45m also ships a tokenizer.json, whose Transformers-5 fast
+    # tokenizer (legacy=False) writes no "▁" after a literal "<s>" and merges runs of spaces ("▁▁"):
+    # llama.cpp, like Meta's and open-instruct's SentencePiece tokenization, does neither.
+    sp_dir = root / "sentencepiece"
+    sp_dir.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "config.json"):
+        (sp_dir / name).write_bytes((src / name).read_bytes())
+    ids = _tulu_ids_agree(sp_dir, path, CONVERSATION)
     assert ids[:1] == [1] and 13 in ids  # BOS, and "\n" as its byte piece <0x0A>
     model, tok = camelid.load(src, device="cpu", dtype="float32")
     lm, _ = load_gguf(path, n_ctx=256, threads=1)

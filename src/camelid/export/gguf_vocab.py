@@ -4,12 +4,17 @@ The layout is llama.cpp's "llama" (SPM) vocabulary as its converter writes it (`
 `_create_vocab_sentencepiece` + gguf-py `SpecialVocab`): pieces and scores from `tokenizer.model`, token
 types 1 normal, 2 unknown, 3 control, 5 unused, 6 byte (SentencePiece's own flags), added tokens as
 control (special) or user-defined with score -1000, ids past the tokenizer padded as `[PAD{i}]` (unused,
-score -10000). Special ids, `add_bos`/`add_eos` and the chat template are taken from the tokenizer camelid
-itself runs (`camelid.runtime.tokenizer.load_tokenizer`), so llama.cpp and camelid agree on the ids.
+score -10000). Special ids, `add_bos`/`add_eos` and the chat template are resolved as the tokenizer camelid
+itself runs (`camelid.runtime.tokenizer.load_tokenizer`) resolves them, so llama.cpp and camelid agree on ids.
+
+One difference llama.cpp keeps: its SPM tokenizer does not apply SentencePiece's `remove_extra_whitespaces`
+normalization (llama.cpp `src/llama-vocab.cpp` reads that flag for UGM vocabularies only), so for a
+tokenizer.model with it set (llama2.c's stories260K; not LLaMA-1/2's) runs of spaces tokenize differently.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,35 +63,89 @@ def _sentencepiece(model_dir: Path, vocab_size: int) -> tuple[list[bytes], list[
     return tokens, scores, types, proto.normalizer_spec.add_dummy_prefix
 
 
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def _added_tokens(model_dir: Path, special_texts: set[str]) -> dict[int, tuple[str, bool]]:
+    """id -> (text, special) from tokenizer.json, tokenizer_config.json's added_tokens_decoder and
+    added_tokens.json (the files Transformers builds a tokenizer's added tokens from); a token named as
+    bos/eos/unk/pad token is special."""
+    added = {int(t["id"]): (t["content"], bool(t.get("special"))) for t in
+             _json(model_dir / "tokenizer.json").get("added_tokens", [])}
+    for i, t in _json(model_dir / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
+        added[int(i)] = (t["content"], bool(t.get("special")))
+    for text, i in _json(model_dir / "added_tokens.json").items():
+        added.setdefault(int(i), (text, False))
+    return {i: (text, special or text in special_texts) for i, (text, special) in added.items()}
+
+
+def _token_text(entry) -> str | None:
+    return entry.get("content") if isinstance(entry, dict) else entry
+
+
+def _adds_bos(model_dir: Path, tok_cfg: dict) -> bool:
+    """Whether the tokenizer camelid loads (camelid.runtime.tokenizer) puts BOS before a text: the config's
+    add_bos_token, else the fast tokenizer's post-processor, else the SentencePiece tokenizer's default (yes)."""
+    if isinstance(tok_cfg.get("add_bos_token"), bool):
+        return tok_cfg["add_bos_token"]
+    fast = _json(model_dir / "tokenizer.json")
+    if not fast:
+        return True
+    single = (fast.get("post_processor") or {}).get("single") or [{}]
+    return "SpecialToken" in single[0]
+
+
 def read_vocab(model_dir: Path, vocab_size: int, chat_template: str | None = None) -> GGUFVocab:
     """The GGUF vocabulary of `model_dir`; `chat_template` (a camelid template name or Jinja) replaces the
-    model's own chat template, if it has one."""
+    model's own chat template, if it has one.
+
+    Read from the tokenizer files directly, as the tokenizer camelid runs resolves them (tests check the
+    two agree): importing Transformers would take more memory than streaming a 7B model's tensors.
+    """
     from camelid.chat import template_source
-    from camelid.runtime.tokenizer import load_tokenizer
 
     tokens, scores, types, add_space_prefix = _sentencepiece(model_dir, vocab_size)
-    tok = load_tokenizer(model_dir)
-    for i, added in tok.added_tokens_decoder.items():
+    tok_cfg = _json(model_dir / "tokenizer_config.json")
+    special_map = _json(model_dir / "special_tokens_map.json")
+    special_texts = {kind: _token_text(tok_cfg.get(f"{kind}_token")) or _token_text(special_map.get(f"{kind}_token"))
+                     or default for kind, default in (("bos", "<s>"), ("eos", "</s>"), ("unk", "<unk>"), ("pad", None))}
+    for i, (text, special) in sorted(_added_tokens(model_dir, set(special_texts.values()) - {None}).items()):
         if i >= vocab_size:
-            raise CheckpointError(f"{model_dir}: added token {added.content!r} has id {i}, past vocab_size {vocab_size}")
-        if tokens[i] == added.content.encode("utf-8") and types[i] in (T.UNKNOWN, T.CONTROL):
+            raise CheckpointError(f"{model_dir}: added token {text!r} has id {i}, past vocab_size {vocab_size}")
+        if tokens[i] == text.encode("utf-8") and types[i] in (T.UNKNOWN, T.CONTROL):
             continue  # SentencePiece's own <unk>, <s>, </s>
         # User-defined pieces are matched on the text before SentencePiece's "▁" escaping, as the converter does.
-        tokens[i] = (added.content if added.special else added.content.replace("\u2581", " ")).encode("utf-8")
-        types[i] = int(T.CONTROL if added.special else T.USER_DEFINED)
+        tokens[i] = (text if special else text.replace("\u2581", " ")).encode("utf-8")
+        types[i] = int(T.CONTROL if special else T.USER_DEFINED)
         scores[i] = -1000.0
-    special = {kind: getattr(tok, f"{kind}_token_id") for kind in ("bos", "eos", "unk", "pad")}
-    probe = tok("a")["input_ids"]  # what camelid's tokenizer adds around a text, llama.cpp must add too
+    model_cfg = _json(model_dir / "config.json")
+    ids = {t: i for i, t in enumerate(tokens)}
+    special = {}
+    for kind, text in special_texts.items():
+        token_id = ids.get(text.encode("utf-8")) if text else None
+        if token_id is None and isinstance(model_cfg.get(f"{kind}_token_id"), int):
+            token_id = model_cfg[f"{kind}_token_id"]
+        if token_id is not None:
+            special[kind] = token_id
     if chat_template is not None:
-        chat_template = template_source(tok, chat_template)
+        chat_template = template_source(None, chat_template)
     else:
-        own = getattr(tok, "chat_template", None)
-        chat_template = own.get("default") if isinstance(own, dict) else own
-    return GGUFVocab(
-        tokens, scores, types, {k: v for k, v in special.items() if v is not None},
-        add_bos=bool(probe) and probe[0] == tok.bos_token_id, add_eos=bool(probe) and probe[-1] == tok.eos_token_id,
-        add_space_prefix=add_space_prefix, chat_template=chat_template or None,
-    )
+        own = tok_cfg.get("chat_template")
+        if own is None and (model_dir / "chat_template.jinja").is_file():
+            own = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        elif own is None:
+            own = _json(model_dir / "chat_template.json").get("chat_template")
+        chat_template = next((t["template"] for t in own if t.get("name") == "default"), None) \
+            if isinstance(own, list) else own
+    return GGUFVocab(tokens, scores, types, special, add_bos=_adds_bos(model_dir, tok_cfg),
+                     add_eos=bool(tok_cfg.get("add_eos_token", False)), add_space_prefix=add_space_prefix,
+                     chat_template=chat_template or None)
 
 
 def add_vocab(writer: gguf.GGUFWriter, vocab: GGUFVocab) -> None:

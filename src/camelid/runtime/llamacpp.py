@@ -71,8 +71,8 @@ class LlamaCppTokenizer:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
 
-def load_gguf(path: str | os.PathLike, n_ctx: int | None = None, threads: int | None = None,
-              vocab_only: bool = False) -> tuple[LlamaCppLM, LlamaCppTokenizer]:
+def load_gguf(path: str | os.PathLike, n_ctx: int | None = None,
+              threads: int | None = None) -> tuple[LlamaCppLM, LlamaCppTokenizer]:
     """A GGUF file on llama.cpp's CPU backend; `n_ctx` defaults to the model's trained context."""
     llama_cpp = require_llama_cpp("running a GGUF file")
     path = Path(path)
@@ -82,7 +82,7 @@ def load_gguf(path: str | os.PathLike, n_ctx: int | None = None, threads: int | 
     try:
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx or 0, n_batch=min(n_ctx or 512, 512),
                               n_threads=threads, n_threads_batch=threads, logits_all=True,
-                              vocab_only=vocab_only, verbose=False)
+                              verbose=False)
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
         raise CheckpointError(f"{path}: llama.cpp cannot load it ({e})") from e
     return LlamaCppLM(llm), LlamaCppTokenizer(llm)

@@ -11,9 +11,10 @@ Memory (`--rss`): a generated random fp16 Llama with Llama-7B shapes (benchmarks
 generator, `--layers` layers, 3 = 1.74 GB) with the LLaMA-2 tokenizer.model, exported to the types of
 `--rss-types` in a child process whose peak RSS (VmHWM) is compared with the model size (target < 25%).
 
-    CAMELID_SHARED_DATA=/work/shared/data PYTHONPATH=src python benchmarks/gguf.py [--rss]
+    CAMELID_SHARED_DATA=/work/shared/data PYTHONPATH=src python benchmarks/gguf_export.py [--rss]
 
-Prints tables and writes benchmarks/results/gguf.json (and gguf_memory.json).
+Prints tables and writes benchmarks/results/gguf.json (and gguf_memory.json). (Not named gguf.py: a script of that name
+would shadow the gguf package for everything it imports.).
 """
 
 from __future__ import annotations
