@@ -4,7 +4,9 @@ llama.cpp evaluation per window with the logits of every position kept (`logits_
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,6 +73,11 @@ class LlamaCppTokenizer:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
 
+def _close(ref: weakref.ref) -> None:
+    if (llm := ref()) is not None:
+        llm.close()
+
+
 def load_gguf(path: str | os.PathLike, n_ctx: int | None = None,
               threads: int | None = None) -> tuple[LlamaCppLM, LlamaCppTokenizer]:
     """A GGUF file on llama.cpp's CPU backend; `n_ctx` defaults to the model's trained context."""
@@ -85,4 +92,7 @@ def load_gguf(path: str | os.PathLike, n_ctx: int | None = None,
                               verbose=False)
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
         raise CheckpointError(f"{path}: llama.cpp cannot load it ({e})") from e
+    # Freed before interpreter shutdown: Llama.__del__ at teardown finds llama_cpp's globals gone and prints a
+    # TypeError traceback.
+    atexit.register(_close, weakref.ref(llm))
     return LlamaCppLM(llm), LlamaCppTokenizer(llm)
