@@ -101,6 +101,23 @@ def _adds_bos(model_dir: Path, tok_cfg: dict) -> bool:
     return "SpecialToken" in single[0]
 
 
+def _chat_template(model_dir: Path, tok_cfg: dict, override: str | None) -> str | None:
+    """`override` (a camelid template name or Jinja), else the model's own: tokenizer_config.json's
+    chat_template, chat_template.jinja or chat_template.json (the "default" of a list of named ones)."""
+    from camelid.chat import template_source
+
+    if override is not None:
+        return template_source(None, override)
+    own = tok_cfg.get("chat_template")
+    if own is None and (model_dir / "chat_template.jinja").is_file():
+        own = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    elif own is None:
+        own = _json(model_dir / "chat_template.json").get("chat_template")
+    if isinstance(own, list):
+        own = next((t["template"] for t in own if t.get("name") == "default"), None)
+    return own or None
+
+
 def read_vocab(model_dir: Path, vocab_size: int, chat_template: str | None = None) -> GGUFVocab:
     """The GGUF vocabulary of `model_dir`; `chat_template` (a camelid template name or Jinja) replaces the
     model's own chat template, if it has one.
@@ -108,8 +125,6 @@ def read_vocab(model_dir: Path, vocab_size: int, chat_template: str | None = Non
     Read from the tokenizer files directly, as the tokenizer camelid runs resolves them (tests check the
     two agree): importing Transformers would take more memory than streaming a 7B model's tensors.
     """
-    from camelid.chat import template_source
-
     tokens, scores, types, add_space_prefix = _sentencepiece(model_dir, vocab_size)
     tok_cfg = _json(model_dir / "tokenizer_config.json")
     special_map = _json(model_dir / "special_tokens_map.json")
@@ -126,26 +141,16 @@ def read_vocab(model_dir: Path, vocab_size: int, chat_template: str | None = Non
         scores[i] = -1000.0
     model_cfg = _json(model_dir / "config.json")
     ids = {t: i for i, t in enumerate(tokens)}
-    special = {}
+    special_ids = {}
     for kind, text in special_texts.items():
         token_id = ids.get(text.encode("utf-8")) if text else None
         if token_id is None and isinstance(model_cfg.get(f"{kind}_token_id"), int):
-            token_id = model_cfg[f"{kind}_token_id"]
+            token_id = model_cfg[f"{kind}_token_id"]  # as gguf-py's SpecialVocab falls back to config.json
         if token_id is not None:
-            special[kind] = token_id
-    if chat_template is not None:
-        chat_template = template_source(None, chat_template)
-    else:
-        own = tok_cfg.get("chat_template")
-        if own is None and (model_dir / "chat_template.jinja").is_file():
-            own = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-        elif own is None:
-            own = _json(model_dir / "chat_template.json").get("chat_template")
-        chat_template = next((t["template"] for t in own if t.get("name") == "default"), None) \
-            if isinstance(own, list) else own
-    return GGUFVocab(tokens, scores, types, special, add_bos=_adds_bos(model_dir, tok_cfg),
+            special_ids[kind] = token_id
+    return GGUFVocab(tokens, scores, types, special_ids, add_bos=_adds_bos(model_dir, tok_cfg),
                      add_eos=bool(tok_cfg.get("add_eos_token", False)), add_space_prefix=add_space_prefix,
-                     chat_template=chat_template or None)
+                     chat_template=_chat_template(model_dir, tok_cfg, chat_template))
 
 
 def add_vocab(writer: gguf.GGUFWriter, vocab: GGUFVocab) -> None:
