@@ -52,8 +52,8 @@ def quality(model_dir: Path, text: str, types: str, work: Path) -> list[dict]:
 
     from camelid.eval import kl_divergence, perplexity
     from camelid.export import GGUFExport, export_gguf
-    from camelid.runtime import load
     from camelid.runtime.llamacpp import load_gguf
+    from camelid.runtime.load import load
 
     torch.set_num_threads(THREADS)
     ref, tok = load(model_dir, device="cpu", dtype="float32")
@@ -107,7 +107,7 @@ def gsm_text(tok, windows: int) -> str:
 
 
 def run_quality(args) -> None:
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-gguf-"))
     results = {"cpu": cpu_kind(), "threads": THREADS, "seq_len": SEQ, "models": {}}

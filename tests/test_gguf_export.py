@@ -198,7 +198,7 @@ def _tulu_like(tmp_path):
 @pytest.mark.parametrize("which", ["stories260K", "camel45m", "tulu-like"])
 def test_vocab_agrees_with_camelids_tokenizer(which, shared_data, tmp_path):
     from camelid.export.gguf_vocab import read_vocab
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     folder = {"stories260K": STORIES, "camel45m": shared_data / "models" / "camel45m"}.get(which) or _tulu_like(tmp_path)
     n = json.loads((folder / "config.json").read_text())["vocab_size"]

@@ -114,7 +114,7 @@ def test_eval_cli_measures_a_gguf_against_its_source(stories_ggufs, tmp_path, ca
 
 
 def _tulu_ids_agree(model_dir, gguf_path, conversation):
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     _, gguf_tok = load_gguf(gguf_path, n_ctx=64, threads=1)

@@ -5,7 +5,7 @@ The layout is llama.cpp's "llama" (SPM) vocabulary as its converter writes it (`
 types 1 normal, 2 unknown, 3 control, 5 unused, 6 byte (SentencePiece's own flags), added tokens as
 control (special) or user-defined with score -1000, ids past the tokenizer padded as `[PAD{i}]` (unused,
 score -10000). Special ids, `add_bos`/`add_eos` and the chat template are resolved as the tokenizer camelid
-itself runs (`camelid.runtime.tokenizer.load_tokenizer`) resolves them, so llama.cpp and camelid agree on ids.
+itself runs (`camelid.tokenizer.load_tokenizer`) resolves them, so llama.cpp and camelid agree on ids.
 
 One difference llama.cpp keeps: its SPM tokenizer does not apply SentencePiece's `remove_extra_whitespaces`
 normalization (llama.cpp `src/llama-vocab.cpp` reads that flag for UGM vocabularies only), so for a
@@ -90,7 +90,7 @@ def _token_text(entry) -> str | None:
 
 
 def _adds_bos(model_dir: Path, tok_cfg: dict) -> bool:
-    """Whether the tokenizer camelid loads (camelid.runtime.tokenizer) puts BOS before a text: the config's
+    """Whether the tokenizer camelid loads (camelid.tokenizer) puts BOS before a text: the config's
     add_bos_token, else the fast tokenizer's post-processor, else the SentencePiece tokenizer's default (yes)."""
     if isinstance(tok_cfg.get("add_bos_token"), bool):
         return tok_cfg["add_bos_token"]
