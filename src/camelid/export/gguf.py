@@ -194,7 +194,7 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, settings: GGUF
         raise CamelidError(f"output {', '.join(taken)} already exists (use --overwrite to replace it)")
     vocab = read_vocab(ckpt.dir, cfg["vocab_size"], settings.chat_template)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_free_space(out, ckpt.nbytes * 2)
+    ensure_free_space(out, ckpt.nbytes * 2)  # a rough bound: no type is larger than the source but F32
     direct = [t for t in types if not t.needs_llama_cpp]
     for t in direct:
         with atomic_output_file(paths[t.name], overwrite=settings.overwrite) as tmp:
