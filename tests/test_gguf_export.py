@@ -151,8 +151,14 @@ def test_bad_inputs_fail_before_writing(tmp_path):
     (out / "stories260k.F16.gguf").write_text("keep me")
     with pytest.raises(CamelidError, match="already exists"):
         export_gguf(STORIES, out, GGUFExport(types=("q8_0", "f16"), name="stories260k"))
+    with pytest.raises(CamelidError, match="not a GGUF file"):  # --overwrite replaces GGUF files only
+        export_gguf(STORIES, out, GGUFExport(types=("q8_0", "f16"), name="stories260k", overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == ["stories260k.F16.gguf"]
     assert (out / "stories260k.F16.gguf").read_text() == "keep me"
+    (out / "stories260k.F16.gguf").unlink()
+    first = export_gguf(STORIES, out, GGUFExport(types=("f16",), name="stories260k"))[0].read_bytes()
+    export_gguf(STORIES, out, GGUFExport(types=("f16",), name="stories260k", overwrite=True))
+    assert (out / "stories260k.F16.gguf").read_bytes() == first
 
 
 def test_failure_midway_leaves_no_file(tmp_path, monkeypatch):

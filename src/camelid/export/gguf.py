@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from camelid.checkpoint import Checkpoint, atomic_output_file, ensure_free_space, open_checkpoint
+from camelid.checkpoint import (
+    Checkpoint,
+    atomic_output_file,
+    check_output_file,
+    ensure_free_space,
+    open_checkpoint,
+)
 from camelid.errors import CamelidError, CheckpointError
 
 try:
@@ -35,6 +41,7 @@ from camelid.export.gguf_tensors import GGUFTensor, encoded_chunks, plan_tensors
 from camelid.export.gguf_vocab import add_vocab, read_vocab
 
 Q, F = gguf.GGMLQuantizationType, gguf.LlamaFileType
+GGUF_MAGIC = b"GGUF"  # the file's first bytes (gguf constants.GGUF_MAGIC, little-endian)
 
 
 @dataclass(frozen=True)
@@ -190,14 +197,14 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, settings: GGUF
     name = settings.name or Path(str(model).rstrip("/")).name.lower()
     out = Path(out)
     paths = {t.name: out / gguf_file_name(name, t) for t in types}
-    if not settings.overwrite and (taken := [str(p) for p in paths.values() if p.exists()]):
-        raise CamelidError(f"output {', '.join(taken)} already exists (use --overwrite to replace it)")
+    for path in paths.values():  # every file is checked before the first is written
+        check_output_file(path, settings.overwrite, GGUF_MAGIC)
     vocab = read_vocab(ckpt.dir, cfg["vocab_size"], settings.chat_template)
     out.mkdir(parents=True, exist_ok=True)
     ensure_free_space(out, ckpt.nbytes * 2)  # a rough bound: no type is larger than the source but F32
     direct = [t for t in types if not t.needs_llama_cpp]
     for t in direct:
-        with atomic_output_file(paths[t.name], overwrite=settings.overwrite) as tmp:
+        with atomic_output_file(paths[t.name], settings.overwrite, GGUF_MAGIC) as tmp:
             write_gguf(ckpt, tmp, t, vocab, name)
     kquants = [t for t in types if t.needs_llama_cpp]
     if kquants:
@@ -209,7 +216,7 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, settings: GGUF
                 write_gguf(ckpt, scratch, base, vocab, name)
                 source = scratch
             for t in kquants:
-                with atomic_output_file(paths[t.name], overwrite=settings.overwrite) as tmp:
+                with atomic_output_file(paths[t.name], settings.overwrite, GGUF_MAGIC) as tmp:
                     quantize_with_llama_cpp(source, tmp, t, settings.threads)
         finally:
             scratch.unlink(missing_ok=True)
