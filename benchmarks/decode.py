@@ -4,8 +4,8 @@ The model is a Llama with two Llama-7B-shaped layers (hidden 4096, intermediate 
 32000, untied head) and random weights. From one fp16 checkpoint the script writes
 - a GPTQ checkpoint, 4-bit, group 128, symmetric, v1 format, RTN (round-to-nearest: speed does not depend
   on how the codes were chosen), lm_head quantized as well (GPTQModel's `lm_head: true`), and
-- a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), Q/K rows permuted as llama.cpp's
-  converter does, tokenizer from the LLaMA-2 tokenizer.model (shared data, never copied into the repo),
+- a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), written by `camelid export gguf`
+  (tokenizer from the LLaMA-2 tokenizer.model in shared data, never copied into the repo),
 so every quantized contender runs the same weights at ~4.5 bits. Each contender runs in its own
 subprocess (peak RSS is that process' own VmHWM) with 2 threads, `--rounds` times in rotating order; decode is
 the median per-token step of 128 greedy tokens after a 12-token prompt (HF: `generate()`, timed per step
@@ -104,72 +104,15 @@ def write_gptq(hf: Path, out: Path) -> None:
     del torch
 
 
-def _permute_qk(w, n_head: int):
-    # llama.cpp's convert_hf_to_gguf: HF's rotate-half row order -> GGML's interleaved RoPE order.
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def write_gguf(hf: Path, out: Path) -> None:
-    import gguf
-    import numpy as np
-    import sentencepiece as spm
+    from camelid.export import GGUFExport, export_gguf
 
-    from camelid.checkpoint import open_checkpoint
-
-    c = CONFIG
-    w = gguf.GGUFWriter(str(out), "llama")
-    w.add_name("camelid-bench-2x7b-layers")
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
-    w.add_rope_dimension_count(c["hidden_size"] // c["num_attention_heads"])
-    w.add_rope_freq_base(c["rope_theta"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_vocab_size(c["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    sp = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
-    tokens, scores, types = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode())
-        scores.append(sp.get_score(i))
-        types.append(gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-                     else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    ckpt = open_checkpoint(hf)
-    for name, t in ckpt.iter_tensors():
-        if name in names:
-            gname = names[name]
-        else:
-            layer, rest = name.removeprefix("model.layers.").split(".", 1)
-            gname = f"blk.{layer}.{per_layer[rest.removesuffix('.weight')]}.weight"
-        a = t.float().numpy()
-        if name.endswith("q_proj.weight"):
-            a = _permute_qk(a, c["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
-            a = _permute_qk(a, c["num_key_value_heads"])
-        if a.ndim == 2:
-            w.add_tensor(gname, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q4_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-        else:
-            w.add_tensor(gname, a.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # camelid's Q4_0 export writes every matrix (output.weight included) in Q4_0, Q/K permuted as llama.cpp's
+    # converter does, the vocabulary from the checkpoint's tokenizer.model.
+    folder = out.with_name(out.name + ".d")
+    (path,) = export_gguf(hf, folder, GGUFExport(types=("q4_0",), name="camelid-bench-2x7b-layers", overwrite=True))
+    path.rename(out)
+    folder.rmdir()
 
 
 def prepare(workdir: Path) -> dict[str, Path]:

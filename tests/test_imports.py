@@ -26,7 +26,10 @@ NO_TRANSFORMERS = ("camelid", "camelid.device", "camelid.dtypes", "camelid.error
                    "camelid.quant", "camelid.quant.settings", "camelid.quant.methods", "camelid.quant.loop",
                    "camelid.runtime",
                    # what an evaluation task needs besides a model: templates, sampling settings, stops
-                   "camelid.chat", "camelid.chat.templates", "camelid.runtime.sampling", "camelid.runtime.stops")
+                   "camelid.chat", "camelid.chat.templates", "camelid.runtime.sampling", "camelid.runtime.stops",
+                   # GGUF export: its peak memory is a target (benchmarks/gguf_export.py), transformers is +160 MB
+                   "camelid.export", "camelid.export.gguf", "camelid.export.gguf_tensors",
+                   "camelid.export.gguf_vocab", "camelid.runtime.llamacpp")
 
 FORK_EACH = r"""
 import importlib, json, os, sys, traceback

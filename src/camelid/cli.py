@@ -296,11 +296,23 @@ def _cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
 
+def _load_eval_model(args, reference: bool = False):
+    """A model folder through camelid.load, or a GGUF file through llama.cpp (issue 11: GGUF rows measured)."""
+    from camelid.runtime.llamacpp import is_gguf, load_gguf
+
+    path = args.reference if reference else args.model
+    if not is_gguf(path):
+        return _load_model(args, reference)
+    if not reference and (args.revision or args.dtype or args.kernel != "auto"):
+        raise CamelidError("--revision, --dtype and --kernel apply to model folders, not GGUF files")
+    return load_gguf(path, n_ctx=args.seq_len)
+
+
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
     text = _eval_text(args)  # a missing or binary data file fails before the model loads
-    model, tok = _load_model(args)
+    model, tok = _load_eval_model(args)
     _print_json(perplexity(model, tok, text, args.seq_len, args.doc_sep) | {"model": args.model, "data": args.data})
     return 0
 
@@ -309,8 +321,8 @@ def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
     text = _eval_text(args)
-    model, tok = _load_model(args)
-    ref, _ = _load_model(args, reference=True)
+    model, tok = _load_eval_model(args)
+    ref, _ = _load_eval_model(args, reference=True)
     result = kl_divergence(model, ref, tok, text, args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
@@ -343,7 +355,7 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     for name, func, help_ in (("ppl", _cmd_eval_ppl, "perplexity (GPTQ protocol), JSON on stdout"),
                               ("kld", _cmd_eval_kld, "KL divergence and top-1 agreement vs a reference model")):
         p = ev.add_parser(name, help=help_)
-        _add_model_args(p)
+        _add_model_args(p)  # MODEL (and --reference) may also be a .gguf file, run by llama.cpp
         if name == "kld":
             p.add_argument("--reference", required=True, help="reference model (e.g. the fp16 original)")
         p.add_argument("--data", required=True, help="text file; scored as '\\n\\n'.join of its lines")
@@ -351,6 +363,39 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--doc-sep", default=None,
                        help="score each document between these separators on its own (e.g. '<|endoftext|>')")
         p.set_defaults(func=func)
+
+
+# --- export: GGUF for llama.cpp -----------------------------------------------------------------------------
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    from camelid.export import GGUFExport, export_gguf
+
+    settings = GGUFExport(types=tuple(args.types.split(",")), name=args.name, chat_template=args.template,
+                          threads=args.threads, overwrite=args.overwrite)
+    for path in export_gguf(args.model, args.out, settings, revision=args.revision):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
+    return 0
+
+
+def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="write a model in another runtime's format (GGUF for llama.cpp)")
+    p = ex.add_subparsers(dest="export_format", required=True).add_parser(
+        "gguf", help="HF Llama -> OUT/<name>.<TYPE>.gguf per type (K-quants through llama.cpp's quantizer)")
+    p.add_argument("model", help="model folder or Hub repo id (floating point, not quantized)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--types", default="f16",
+                   help="comma-separated: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 (written by camelid); "
+                        "q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k (llama.cpp, the "
+                        "gguf extra); default f16")
+    p.add_argument("--name", default=None, help="file name stem (default: the model's name, lower-cased)")
+    p.add_argument("--template", default=None,
+                   help="chat template to embed: a camelid template name (tulu, ...) or Jinja "
+                        "(default: the model's own chat_template, if any)")
+    p.add_argument("--threads", type=T.int_at_least(0), default=0, help="llama.cpp quantizer threads (0: all cores)")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_export_gguf)
 
 
 # --- serve --------------------------------------------------------------------------------------------------
@@ -413,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_commands(sub)
     _add_quant_commands(sub)
     _add_runtime_commands(sub)
+    _add_export_commands(sub)
     _add_serve_commands(sub)
     return parser
 
