@@ -4,8 +4,9 @@ from camelid.eval.perplexity import (
     document_windows,
     gptq_windows,
     kl_divergence,
+    kl_divergence_windows,
     perplexity,
     read_gptq_text,
 )
 
-__all__ = ["document_windows", "gptq_windows", "kl_divergence", "perplexity", "read_gptq_text"]
+__all__ = ["document_windows", "gptq_windows", "kl_divergence", "kl_divergence_windows", "perplexity", "read_gptq_text"]

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from camelid import __version__
 from camelid.checkpoint import (
     Checkpoint,
     ShardWriter,
@@ -33,9 +32,17 @@ from camelid.checkpoint import (
     save_sharded,
     write_json,
 )
+from camelid.checkpoint.output import sha256_file
 from camelid.errors import CamelidError
 from camelid.quant.calib import calibration_windows
-from camelid.quant.format import QuantParams, modules_in_block, pack_linear, packable, quantize_config
+from camelid.quant.format import (
+    QuantParams,
+    modules_in_block,
+    pack_linear,
+    packable,
+    quantize_config,
+    safetensors_metadata,
+)
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
 from camelid.quant.layer import (
     GROUPS,
@@ -422,7 +429,7 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
         skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
                    if not packable(*_linear_dims(ckpt, n), p.bits, p.group_size)]
         meta = {
-            "dataset": None if ids is None else (str(dataset_path) if dataset_path else dataset),
+            **({} if ids is None else dataset_record(dataset, dataset_path)),
             "seq_len": None if ids is None else seq_len, "nsamples": None if ids is None else nsamples,
             "seed": seed, "template": template, "compute_dtype": str(dtype).removeprefix("torch."),
             "damp_used": max([r["damp"] for r in prog["log"]], default=p.damp),
@@ -434,11 +441,8 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
                                         (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS
                                          if not any(m in g for g in in_block))):
             raise CamelidError("unquantizable Linears differ between layers; Transformers cannot load that")
-        qcfg = quantize_config(p, str(model), skipped, n_layers, meta, in_block)
-        st_meta = {"format": "pt", "quantizer": f"camelid:{__version__}", "gptq_bits": str(bits),
-                   "gptq_group_size": str(group_size), "gptq_desc_act": str(act_order),
-                   "gptq_damp_percent": str(damp)}
-        assemble(work, ckpt, n_layers, extra, st_meta, max_shard_size)
+        qcfg = quantize_config(p, source_name(model), skipped, n_layers, meta, in_block)
+        assemble(work, ckpt, n_layers, extra, safetensors_metadata(p), max_shard_size)
         copy_side_files(ckpt.dir, work)
         write_json(work / "quantize_config.json", qcfg)
         cfg = {k: v for k, v in ckpt.config.items() if k != "torch_dtype"}
@@ -451,6 +455,22 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
         shutil.rmtree(work / LAYERS)
         shutil.rmtree(work / STATE)
     return Path(out)
+
+
+def source_name(model: str | Path) -> str:
+    """`model_name_or_path` as published: a Hub id as given, a local folder by its name only (a file
+    others download must not carry a path of the machine it was built on)."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else str(model)
+
+
+def dataset_record(dataset: str, dataset_path: str | Path | None) -> dict:
+    """The calibration set by name and, for a local file, its file name and SHA-256 (no local path)."""
+    file = Path(dataset_path) if dataset_path else (Path(dataset) if Path(dataset).is_file() else None)
+    if file is None:
+        return {"dataset": dataset}
+    name = dataset if dataset_path else file.name
+    return {"dataset": name, "dataset_file": file.name, "dataset_sha256": sha256_file(file)}
 
 
 def _linear_dims(ckpt: Checkpoint, name: str) -> tuple[int, int]:

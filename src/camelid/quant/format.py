@@ -42,6 +42,24 @@ def packable(in_features: int, out_features: int, bits: int, group_size: int) ->
     return group_size in (-1, 0) or in_features % group_size == 0
 
 
+def packed_shapes(in_features: int, out_features: int, bits: int, group_size: int) -> dict[str, tuple]:
+    """(dtype, shape) of each tensor `pack_linear` writes for one Linear, keyed by suffix."""
+    groups = 1 if group_size in (-1, 0) else -(-in_features // group_size)
+    return {
+        "qweight": (torch.int32, (in_features // 32 * bits, out_features)),
+        "qzeros": (torch.int32, (groups, out_features // 32 * bits)),
+        "scales": (torch.float16, (groups, out_features)),
+        "g_idx": (torch.int32, (in_features,)),
+    }
+
+
+def safetensors_metadata(params: QuantParams) -> dict[str, str]:
+    """`__metadata__` of every weight shard (AutoGPTQ writes the same gptq_* keys)."""
+    return {"format": "pt", "quantizer": f"camelid:{__version__}", "gptq_bits": str(params.bits),
+            "gptq_group_size": str(params.group_size), "gptq_desc_act": str(params.act_order),
+            "gptq_damp_percent": str(params.damp)}
+
+
 def pack_linear(prefix: str, res: QuantResult, bits: int) -> dict[str, torch.Tensor]:
     """Tensors of one quantized Linear under `prefix` (e.g. 'model.layers.0.self_attn.q_proj')."""
     # packed in slices of output columns: the packer widens to int64, 8 bytes per weight at once
