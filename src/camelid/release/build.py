@@ -27,7 +27,7 @@ from camelid.quant.engine import dataset_record, source_name
 from camelid.release import executor
 from camelid.release.adapter import RunOptions, quantize_branch
 from camelid.release.card import CARD_FILES, CardInfo, write_card
-from camelid.release.matrix import Row
+from camelid.release.matrix import Row, check_rows
 from camelid.release.measure import file_windows, heldout_windows, measure_branch
 from camelid.release.plan import BranchPlan, plan_release
 
@@ -178,6 +178,7 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
     options, evaluation = options or RunOptions(), evaluation or EvalSpec()
     if card.template is not None and card.template not in TEMPLATES:
         raise CamelidError(f"--template {card.template!r}: not a camelid template ({', '.join(TEMPLATES)})")
+    check_rows(rows)  # before any work: a bad matrix loses nothing
     src = resolve_model_dir(source, options.revision)
     config = json.loads((src / "config.json").read_text())
     plans = plan_release(config, rows, options.max_shard_size)

@@ -164,18 +164,25 @@ def check_row(row: Row) -> None:
             raise CamelidError(f"{where}: {message}")
 
 
+def check_rows(rows: list[Row]) -> set[str]:
+    """Every row checked and branch names unique; returns the names."""
+    if not rows:
+        raise CamelidError("the matrix has no rows")
+    seen: set[str] = set()
+    for row in rows:
+        check_row(row)
+        if row.branch in seen:
+            raise CamelidError(f"matrix row {row.branch!r}: duplicate branch name")
+        seen.add(row.branch)
+    return seen
+
+
 def resolve_rows(rows: list[Row], context: int | None, *, only: list[str] | None = None,
                  seq_len: int | None = None, nsamples: int | None = None, dataset: str | None = None,
                  dataset_path: str | None = None, template: str | None = None) -> list[Row]:
     """Checked rows with the command line's overrides applied (they win over every row), `only` picked,
     and seq lens above the model's context capped to it (the row remembers what it asked for)."""
-    for row in rows:
-        check_row(row)
-    seen: set[str] = set()
-    for row in rows:
-        if row.branch in seen:
-            raise CamelidError(f"matrix row {row.branch!r}: duplicate branch name")
-        seen.add(row.branch)
+    seen = check_rows(rows)
     if only:
         missing = [b for b in only if b not in seen]
         if missing:
