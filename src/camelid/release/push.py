@@ -48,7 +48,7 @@ def check_access(api, repo_id: str) -> None:
     except OSError as e:  # connection refused, DNS, timeouts (httpx errors are OSError-like or wrapped)
         raise CamelidError(f"cannot push to {repo_id}: cannot reach the Hugging Face Hub ({e})") from e
     except Exception as e:
-        if type(e).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+        if type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):  # transport errors
             raise CamelidError(f"cannot push to {repo_id}: cannot reach the Hugging Face Hub ({e})") from e
         raise
 
