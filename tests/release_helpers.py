@@ -79,7 +79,11 @@ def check_card_agrees(out: Path) -> dict:
         assert row["ExLlama"] == ("Yes" if q["bits"] == 4 else "No")
         assert (folder / "size_vs_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = front_matter(text)
-    for key in ("model_creator", "model_name", "model_type", "prompt_template", "quantized_by", "inference", "tags"):
+    required = ["model_name", "model_type", "prompt_template", "quantized_by", "inference", "tags", "pipeline_tag"]
+    card = record["card"]
+    required += ["model_creator"] * bool(card["creator"]) + ["license"] * bool(card["license"])
+    required += ["base_model", "base_model_relation"] * bool(card["original_repo"])
+    for key in required:
         assert key in meta, key
     assert meta["inference"] is False
     return record
