@@ -173,7 +173,7 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
     """Quantize, measure and card every row into OUT (resuming what a previous run finished).
     Returns the release record (also written to OUT/release.json)."""
     from camelid.chat import TEMPLATES
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     options, evaluation = options or RunOptions(), evaluation or EvalSpec()
     if card.template is not None and card.template not in TEMPLATES:

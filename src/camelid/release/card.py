@@ -134,7 +134,7 @@ def render_card(record: dict, src: Path, out: Path) -> str:
     import jinja2
 
     from camelid.runtime.gptq_load import plan_kernels
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     info = CardInfo(**record["card"])
     config = json.loads((src / "config.json").read_text())

@@ -2,7 +2,7 @@
 
 The tensors and their order are those `camelid.quant` writes (embeddings, each layer's tensors in name
 order as the per-layer files hand them back, final norm, head), shaped by the GPTQ format's rules
-(`packable`, `packed_shapes`); shards and headers come from the checkpoint writer itself, so the
+(`camelid.formats.gptq`: `packable`, `packed_shapes`, the config's weight-file metadata); shards and headers come from the checkpoint writer itself, so the
 planned bytes are the written bytes.
 """
 
@@ -14,7 +14,9 @@ import torch
 
 from camelid.checkpoint.writer import TensorSpec, file_size, parse_size, plan_shards, shard_names
 from camelid.errors import CamelidError
-from camelid.quant.format import QuantParams, packable, packed_shapes, safetensors_metadata
+from camelid.formats.gptq.config import GPTQConfig
+from camelid.formats.gptq.layout import packable, packed_shapes
+from camelid.quant.format import QuantParams
 from camelid.quant.layer import LINEARS, layer_prefix
 from camelid.release.matrix import Row
 
@@ -84,7 +86,9 @@ def plan_branch(config: dict, row: Row, max_shard_size: str | int = "5GB") -> Br
         raise CamelidError(f"matrix row {row.branch!r}: group size {row.params.group_size} at "
                            f"{row.params.bits} bits packs none of the model's Linears")
     shards = plan_shards(specs, parse_size(max_shard_size))
-    meta = safetensors_metadata(row.params)
+    p = row.params  # the weight files' metadata, from the config block quantize writes
+    meta = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order,
+                      damp_percent=p.damp).safetensors_metadata()
     files = {name: file_size(shard, meta) for name, shard in zip(shard_names(len(shards)), shards, strict=True)}
     return BranchPlan(row, files, tuple(skipped), total - len(skipped))
 
