@@ -101,7 +101,7 @@ def _finish_folder(folder: Path, source: Path, chat_template: str | None) -> Non
 def build_branch(job: BranchJob) -> dict:
     """Quantize (or resume, or skip) one branch and measure it. Returns its record for release.json."""
     row, folder = job.plan.row, Path(job.out) / job.plan.row.branch
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     built = False
     if folder.exists() and (folder / MANIFEST).exists() and not manifest_verifies(folder):
         shutil.rmtree(folder)  # damaged since it was built: rebuild it
@@ -112,7 +112,7 @@ def build_branch(job: BranchJob) -> dict:
     if built or not (folder / MANIFEST).exists():
         _finish_folder(folder, Path(job.source), job.chat_template)
         write_manifest(folder)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
     measured = measure_branch(folder, Path(job.source), job.eval_windows,
                               "cuda" if job.options.device == "cuda" else "cpu")
@@ -121,7 +121,8 @@ def build_branch(job: BranchJob) -> dict:
             "description": row.description, "planned_size_bytes": job.plan.size_bytes,
             "size_bytes": sum(files.values()), "files": files, "unquantized_linears": list(job.plan.unquantized),
             "measured": measured, "weights_sha256": _weights_digest(folder), "built": built,
-            "quantize_seconds": round(seconds, 2), "measure_seconds": round(time.perf_counter() - t1, 2)}
+            "quantize_seconds": round(seconds, 2), "quantize_cpu_seconds": round(cpu_seconds, 2),
+            "measure_seconds": round(time.perf_counter() - t1, 2)}
 
 
 def _calib_record(row: Row) -> dict:

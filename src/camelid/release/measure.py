@@ -6,6 +6,7 @@ calibration window of the release touched, cut into non-overlapping windows (GPT
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -39,6 +40,14 @@ def file_windows(tokenizer, path: str | Path, seq_len: int, limit: int) -> torch
     return gptq_windows(tokenizer, read_gptq_text(path), seq_len)[:limit]
 
 
+@functools.lru_cache(maxsize=1)
+def _reference(source_dir: Path, device: str):
+    """The source model, loaded once per process for all the branches measured there."""
+    from camelid.runtime.load import load
+
+    return load(source_dir, device=device, dtype="float32")[0]
+
+
 def measure_branch(branch_dir: Path, source_dir: Path, windows: torch.Tensor, device: str = "cpu") -> dict:
     """KL(source || branch), top-1 agreement and both perplexities, both models in float32 so that the
     numbers show the quantization alone, not the runtime's bf16 rounding."""
@@ -46,7 +55,7 @@ def measure_branch(branch_dir: Path, source_dir: Path, windows: torch.Tensor, de
     from camelid.runtime.load import load
 
     model, _ = load(branch_dir, device=device, dtype="float32")
-    reference, _ = load(source_dir, device=device, dtype="float32")
+    reference = _reference(Path(source_dir), device)
     result = kl_divergence_windows(model, reference, windows)
     return {k: result[k] for k in ("kld_mean", "kld_median", "kld_p99", "top1_agreement_pct", "ppl",
                                    "ppl_reference", "windows", "seq_len", "positions")}
