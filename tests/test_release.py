@@ -190,3 +190,28 @@ def test_damaged_branch_is_rebuilt(release, tmp_path):
     (out / "main" / "quant_log.csv").write_text("tampered\n")
     record = build(out, stories_rows(tmp_path))
     assert [b for b, e in record["branches"].items() if e["built"]] == ["main"]
+
+
+@pytest.mark.slow
+def test_ray_executor_writes_the_same_release(release, tmp_path):
+    ray = pytest.importorskip("ray")
+    import os
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}})
+    try:
+        out = tmp_path / REPO_ID
+        info = CardInfo(name="stories260K", creator="Andrej Karpathy", original_repo="karpathy/tinyllamas",
+                        license="mit", template="tulu", repo_id=REPO_ID)
+        record = build_release(STORIES, out, stories_rows(tmp_path), info, RunOptions(device="cpu", progress=False),
+                               EvalSpec(windows=4), executor_name="ray")
+    finally:
+        ray.shutdown()
+    local = json.loads((release / "release.json").read_text())["branches"]
+    assert list(record["branches"]) == list(local)
+    for b, entry in record["branches"].items():  # each Ray task wrote the files the local run wrote
+        ours, theirs = (json.loads((root / b / "SHA256SUMS.json").read_text()) for root in (out, release))
+        for name in ("model.safetensors", "quantize_config.json", "config.json", "tokenizer.model"):
+            assert ours[name] == theirs[name], (b, name)
+        assert entry["measured"]["kld_mean"] == pytest.approx(local[b]["measured"]["kld_mean"], rel=1e-4)
+    check_card_agrees(out)
