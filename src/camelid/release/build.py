@@ -83,19 +83,24 @@ def _check_settings(folder: Path, row: Row) -> None:
         raise CamelidError(f"{folder} holds another variant ({diff}); delete it or rename the matrix row")
 
 
-def _finish_folder(folder: Path, source: Path, chat_template: str | None) -> None:
-    """What a branch needs beyond quantize's output: the prompt template and a generation config."""
+def _finish_folder(folder: Path, chat_template: str | None) -> bool:
+    """What a branch needs beyond quantize's output: the prompt template and a generation config.
+    Idempotent; returns whether it wrote anything."""
     from camelid.chat import TEMPLATES
 
+    wrote = False
     if chat_template is not None and not any((folder / n).exists() for n in ("chat_template.jinja",
                                                                             "chat_template.json")):
         tok_cfg = folder / "tokenizer_config.json"
         if not (tok_cfg.is_file() and "chat_template" in json.loads(tok_cfg.read_text())):
             (folder / "chat_template.jinja").write_text(TEMPLATES[chat_template].source)
+            wrote = True
     if not (folder / "generation_config.json").exists():
         cfg = json.loads((folder / "config.json").read_text())
         write_json(folder / "generation_config.json", {k: cfg[k] for k in ("bos_token_id", "eos_token_id",
                                                                           "pad_token_id") if k in cfg})
+        wrote = True
+    return wrote
 
 
 def build_branch(job: BranchJob) -> dict:
@@ -109,8 +114,7 @@ def build_branch(job: BranchJob) -> dict:
         quantize_branch(job.source, folder, row.params, row.calib, job.options, job.calibration)
         built = True
     _check_settings(folder, row)
-    if built or not (folder / MANIFEST).exists():
-        _finish_folder(folder, Path(job.source), job.chat_template)
+    if _finish_folder(folder, job.chat_template) or built or not (folder / MANIFEST).exists():
         write_manifest(folder)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
