@@ -39,6 +39,11 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.2f} MB"
 
 
+def kl_text(kl: float) -> str:
+    """Four decimals, or two significant digits where those would all be zero (8-bit branches)."""
+    return f"{kl:.4f}" if kl >= 1e-3 or kl == 0 else f"{kl:.1e}"
+
+
 def tgi_limits(context: int) -> dict:
     """TGI launcher limits for a context length, as TheBloke's cards set them (4096 -> 3696 input)."""
     return {"context": context, "max_total": context, "max_prefill": context,
@@ -125,7 +130,7 @@ def _rows(record: dict, repo: str, hub: bool) -> tuple[list[dict], list[str]]:
         rows.append({"branch_link": link, "bits": p["bits"], "gs": "None" if p["group_size"] == -1 else p["group_size"],
                      "act": "Yes" if p["act_order"] else "No", "damp": p["damp"],
                      "dataset": c.get("dataset_file") or c["dataset"], "seq_len": seq, "size": _size(b["size_bytes"]),
-                     "exllama": "Yes" if p["bits"] == 4 else "No", "kl": f"{m['kld_mean']:.4f}",
+                     "exllama": "Yes" if p["bits"] == 4 else "No", "kl": kl_text(m["kld_mean"]),
                      "top1": f"{m['top1_agreement_pct']:.1f}", "ppl": f"{m['ppl']:.4f}", "desc": desc})
     return rows, notes
 
