@@ -53,6 +53,16 @@ def main() -> int:
         ["eval", "kld", str(OUT / "stories260K-gptq-4bit-g32"), "--reference", str(MODEL),
          "--data", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "256"],
     ]
+    # Release: the matrix of examples/release-matrix.toml as branches of one folder, each measured
+    # (size, KL, top-1, ppl) on TinyStories text the calibration windows did not use, with a model card.
+    steps += [
+        ["release", str(MODEL), str(OUT / "stories260K-GPTQ"), "--matrix", str(HERE / "release-matrix.toml"),
+         "--dataset", str(HERE / "data" / "tinystories_sample.txt"), "--seq-len", "64", "--nsamples", "8",
+         "--eval-windows", "4", "--name", "stories260K", "--creator", "Andrej Karpathy",
+         "--original-repo", "karpathy/tinyllamas", "--license", "mit", "--quiet"],
+        ["generate", str(OUT / "stories260K-GPTQ"), "Once upon a time", "--revision", "gptq-8bit--1g-actorder_True",
+         "--template", "none", "--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "30"],
+    ]
     for step in steps:
         print("$ camelid " + " ".join(step), flush=True)
         rc = camelid(step)

@@ -9,6 +9,7 @@ import torch
 from helpers import crash_after_layer
 from safetensors.torch import load_file
 
+from camelid.checkpoint.output import sha256_file
 from camelid.cli import main as camelid
 from camelid.errors import CamelidError
 from camelid.formats.gptq.reader import dense_model
@@ -182,7 +183,7 @@ def test_quantize_config_fields_with_skipped_modules(tmp_path, params, calib):
     expected = {
         "bits": params.bits, "group_size": params.group_size, "desc_act": params.act_order, "sym": params.sym,
         "damp_percent": params.damp, "true_sequential": params.true_sequential,
-        "static_groups": params.static_groups, "lm_head": False, "model_name_or_path": str(STORIES),
+        "static_groups": params.static_groups, "lm_head": False, "model_name_or_path": "stories260K",  # no local path in published files
         "model_file_base_name": "model", "quant_method": "gptq", "checkpoint_format": "gptq", "format": "gptq",
         "pack_dtype": "int32",
         "dynamic": {r"-:.*\.mlp\.up_proj$": {}, r"-:.*\.mlp\.gate_proj$": {}, r"-:.*\.mlp\.down_proj$": {}},
@@ -197,7 +198,9 @@ def test_quantize_config_fields_with_skipped_modules(tmp_path, params, calib):
     assert damp_used >= params.damp if gptq else damp_used == 0.0  # RTN has no Hessian to damp
     assert meta == {
         "method": params.method, "mse": params.mse,
-        "dataset": str(CALIB) if gptq else None, "seq_len": 64 if gptq else None, "nsamples": 8 if gptq else None,
+        **({"dataset": "file", "dataset_file": CALIB.name, "dataset_sha256": sha256_file(CALIB)} if gptq
+           else {"dataset": None}),
+        "seq_len": 64 if gptq else None, "nsamples": 8 if gptq else None,
         "seed": calib.seed, "template": calib.template, "damp_auto_increment": 0.01,
         "static_groups": params.static_groups, "true_sequential": params.true_sequential,
         "unquantized_modules": [f"model.layers.{i}.{m}" for i in range(5) for m in MLP],

@@ -443,6 +443,98 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- release (issue: release) --------------------------------------------------------------------------
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from camelid.checkpoint import resolve_model_dir
+    from camelid.quant import RunOptions
+    from camelid.release import (
+        CardInfo,
+        EvalSpec,
+        build_release,
+        load_matrix,
+        plan_json,
+        plan_release,
+        resolve_rows,
+    )
+
+    config = json.loads((resolve_model_dir(args.src, args.revision) / "config.json").read_text())
+    rows = resolve_rows(load_matrix(args.matrix), config.get("max_position_embeddings"), only=args.only,
+                        seq_len=args.seq_len, nsamples=args.nsamples, dataset=args.dataset,
+                        dataset_path=args.dataset_path)
+    plans = plan_release(config, rows, args.max_shard_size)
+    if args.plan:
+        table = plan_json(plans)
+        if args.json:
+            _print_json(table)
+            return 0
+        print(f"{'branch':34s} {'bits':>4s} {'gs':>5s} {'act':>5s} {'damp':>5s} {'seq':>5s} {'size (bytes)':>15s} {'GB':>6s}")
+        for r in table:
+            print(f"{r['branch']:34s} {r['bits']:4d} {r['group_size']:5d} {r['act_order']!s:>5s} {r['damp']:5.2f} "
+                  f"{r['seq_len']:5d}{'*' if r['seq_len_requested'] else ' '}{r['size_bytes']:15,d} "
+                  f"{r['size_bytes'] / 1e9:6.2f}")
+        if any(r["seq_len_requested"] for r in table):
+            print(f"* capped to the model's context of {config.get('max_position_embeddings')} tokens")
+        return 0
+    if args.out is None:
+        raise CamelidError("OUT is required unless --plan")
+    card = CardInfo(name=args.name or Path(args.src).name, creator=args.creator, original_repo=args.original_repo,
+                    license=args.license, template=args.template, repo_id=args.repo_id or args.push,
+                    quantized_by=args.quantized_by)
+    options = RunOptions(device=args.device, revision=args.revision, max_shard_size=args.max_shard_size,
+                         progress=not args.quiet)
+    evaluation = EvalSpec(data=args.eval_data, seq_len=args.eval_seq_len, windows=args.eval_windows)
+    record = build_release(args.src, args.out, rows, card, options, evaluation, args.executor, args.ray_address)
+    for b in record["branches"].values():
+        m = b["measured"]
+        print(f"{b['branch']:34s} {b['size_bytes']:>13,d} B  KL {m['kld_mean']:.4f}  top-1 "
+              f"{m['top1_agreement_pct']:5.1f}%  ppl {m['ppl']:.3f}  {'built' if b['built'] else 'kept'}")
+    first = next(iter(record["branches"]))
+    print(f"card: {Path(args.out) / first / 'README.md'}")
+    if args.push:
+        from camelid.release.push import push_release
+
+        pushed = push_release(args.out, args.push, private=args.private)
+        print(json.dumps(pushed))
+    return 0
+
+
+def _add_release_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="build the variant matrix as branches of one release, measured, with a card")
+    p.add_argument("src", help="source model folder or Hub repo id (fp16)")
+    p.add_argument("out", nargs="?", help="release folder (one subfolder per branch)")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit of SRC")
+    p.add_argument("--matrix", default="llama", help="llama (default), code, or a TOML/YAML matrix file")
+    p.add_argument("--only", nargs="+", metavar="BRANCH", help="build only these branches of the matrix")
+    p.add_argument("--plan", action="store_true", help="print each branch's settings and exact size; build nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: JSON, one object per branch")
+    p.add_argument("--name", help="model name for the card (default: SRC's folder name)")
+    p.add_argument("--creator", help="model creator, e.g. 'Allen Institute for AI'")
+    p.add_argument("--original-repo", help="Hub id of the original model (the card's base_model)")
+    p.add_argument("--license", help="license id for the card, e.g. other, apache-2.0")
+    p.add_argument("--template", help="camelid prompt template shipped in every branch and shown on the card")
+    p.add_argument("--quantized-by", default="camelid")
+    p.add_argument("--dataset", help="calibration set for every row (wikitext2, code, or a file)")
+    p.add_argument("--dataset-path", help="local file for a named --dataset")
+    p.add_argument("--seq-len", type=int, help="calibration seq len for every row (capped to the context)")
+    p.add_argument("--nsamples", type=int, help="calibration samples for every row")
+    p.add_argument("--eval-data", help="held-out text to measure on (default: calibration text no window used)")
+    p.add_argument("--eval-seq-len", type=int, help="measurement window (default: the rows' shortest seq len)")
+    p.add_argument("--eval-windows", type=int, default=16, help="measurement windows (default 16)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--executor", default="local", choices=("local", "ray"))
+    p.add_argument("--ray-address", default=None, help="existing Ray cluster (with --executor ray)")
+    p.add_argument("--repo-id", help="Hub id the card's examples use (default: --push, else OUT's name)")
+    p.add_argument("--push", metavar="REPO_ID", help="upload every branch to this Hub repo")
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_release)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """One line naming the culprit, like every other camelid error (argparse adds a usage block)."""
@@ -460,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_commands(sub)
     _add_export_commands(sub)
     _add_serve_commands(sub)
+    _add_release_commands(sub)
     return parser
 
 

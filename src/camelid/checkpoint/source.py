@@ -24,15 +24,30 @@ from camelid.errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
+RELEASE_INDEX = "release.json"  # marks a local release folder (see camelid.release)
+
+
+def release_branch_dir(release: Path, revision: str | None) -> Path:
+    """A local release (camelid.release: `release.json` plus one folder per branch) at `revision`,
+    `main` by default as on the Hub."""
+    branches = sorted(p.name for p in release.iterdir() if (p / "config.json").is_file())
+    branch = revision or "main"
+    if branch not in branches:
+        raise CheckpointError(f"revision {branch!r} not found in local release {release}; "
+                              f"branches: {', '.join(branches) or 'none'}")
+    return release / branch
 
 
 def resolve_model_dir(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a Hub repo id downloaded (or found in the cache) at `revision`.
 
-    `revision` is a branch, tag or commit: GPTQ repos publish one branch per parameter set.
+    `revision` is a branch, tag or commit: GPTQ repos publish one branch per parameter set. A local
+    release folder (one subfolder per branch) resolves `revision` the same way.
     """
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
+        if (path / RELEASE_INDEX).is_file() and not (path / "config.json").is_file():
+            return release_branch_dir(path, revision)
         if revision is not None:
             raise CheckpointError(f"--revision {revision!r} applies to Hub repos, but {path} is a local folder")
         return path

@@ -50,6 +50,26 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
+def header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes before the tensor data: 8-byte little-endian length, then the JSON header padded to 8."""
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for spec in specs:
+        if spec.dtype not in SAFETENSORS_NAMES:
+            raise CheckpointError(f"cannot write tensor {spec.name}: dtype {spec.dtype} unsupported")
+        header[spec.name] = {"dtype": SAFETENSORS_NAMES[spec.dtype], "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def file_size(specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> int:
+    """Exact size of the safetensors file `ShardWriter` writes for `specs`."""
+    return len(header_bytes(specs, metadata)) + sum(s.nbytes for s in specs)
+
+
 class ShardWriter:
     """One safetensors file, written to `<path>.tmp` and renamed on `close()`.
 
@@ -59,20 +79,10 @@ class ShardWriter:
     def __init__(self, path: Path, specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None):
         self.path = Path(path)
         self.specs = list(specs)
-        header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
-        offset = 0
-        for spec in self.specs:
-            if spec.dtype not in SAFETENSORS_NAMES:
-                raise CheckpointError(f"cannot write tensor {spec.name}: dtype {spec.dtype} unsupported")
-            header[spec.name] = {"dtype": SAFETENSORS_NAMES[spec.dtype], "shape": list(spec.shape),
-                                 "data_offsets": [offset, offset + spec.nbytes]}
-            offset += spec.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
+        head = header_bytes(self.specs, metadata)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._f = open(self._tmp, "wb")
-        self._f.write(len(raw).to_bytes(8, "little"))
-        self._f.write(raw)
+        self._f.write(head)
         self._next = 0  # index into specs of the tensor being written
         self._written = 0  # bytes of that tensor written so far
 

@@ -112,7 +112,14 @@ def kl_divergence(model, reference_model, tokenizer, text: str, seq_len: int = 2
     KL(P_ref || P_model) of the next-token distributions at every position (mean, median, p99), the share of
     positions where both pick the same top-1 token, and both perplexities from the same forward passes.
     """
-    windows = _windows(model, tokenizer, text, seq_len, doc_sep)
+    return kl_divergence_windows(model, reference_model, _windows(model, tokenizer, text, seq_len, doc_sep))
+
+
+@torch.inference_mode()
+def kl_divergence_windows(model, reference_model, windows: torch.Tensor | list[torch.Tensor]) -> dict:
+    """`kl_divergence` on given token windows (e.g. held-out spans of a calibration corpus)."""
+    seq_len = windows.shape[1] if isinstance(windows, torch.Tensor) else max(len(w) for w in windows)
+    _check_length(model, seq_len)
     device = _device(model)
     kls, agree, nll, nll_ref, count = [], 0, 0.0, 0.0, 0
     for batch in _batches(windows):

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 
-from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files, write_manifest
+from camelid.checkpoint.output import (
+    atomic_output_dir,
+    check_output,
+    copy_side_files,
+    sha256_file,
+    write_manifest,
+)
 from camelid.checkpoint.source import Checkpoint, open_checkpoint
 from camelid.device import compute_dtype, resolve_device
 from camelid.errors import CamelidError
@@ -77,7 +83,7 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
                if not packable(*linear_dims(ckpt, n), p.bits, p.group_size)]
     dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
     run = {
-        "dataset": None if ids is None else (str(calib.dataset_path) if calib.dataset_path else calib.dataset),
+        **({"dataset": None} if ids is None else dataset_record(calib.dataset, calib.dataset_path)),
         "seq_len": None if ids is None else ids.shape[1], "nsamples": None if ids is None else ids.shape[0],
         "seed": calib.seed, "template": calib.template, "compute_dtype": str(dtype).removeprefix("torch."),
         "damp_used": max([r["damp"] for r in log], default=p.damp),
@@ -86,7 +92,7 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     }
     qcfg = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order, sym=p.sym, damp_percent=p.damp,
                       true_sequential=p.true_sequential, static_groups=p.static_groups, lm_head=p.lm_head,
-                      model_name_or_path=model_name, dynamic=dynamic, modules_in_block_to_quantize=in_block,
+                      model_name_or_path=source_name(model_name), dynamic=dynamic, modules_in_block_to_quantize=in_block,
                       meta={"quantizer": [QUANTIZER], "method": p.method, "mse": p.mse, **run})
     assemble(work, ckpt, n_layers, extra, qcfg.safetensors_metadata(), max_shard_size)
     copy_side_files(ckpt.dir, work)
@@ -98,3 +104,19 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     shutil.rmtree(work / LAYERS)
     shutil.rmtree(work / STATE)
 
+
+
+def source_name(model: str | Path) -> str:
+    """`model_name_or_path` as published: a Hub id as given, a local folder by its name only (a file
+    others download must not carry a path of the machine it was built on)."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else str(model)
+
+
+def dataset_record(dataset: str, dataset_path: str | Path | None) -> dict:
+    """The calibration set by name and, for a local file, its file name and SHA-256 (no local path)."""
+    file = Path(dataset_path) if dataset_path else (Path(dataset) if Path(dataset).is_file() else None)
+    if file is None:
+        return {"dataset": dataset}
+    name = dataset if dataset_path else file.name
+    return {"dataset": name, "dataset_file": file.name, "dataset_sha256": sha256_file(file)}

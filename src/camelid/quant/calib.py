@@ -103,13 +103,23 @@ def sample_windows(token_ids: torch.Tensor, nsamples: int, seq_len: int, seed: i
     if n < seq_len + 1:
         raise CamelidError(f"calibration text has {n} tokens, fewer than --seq-len {seq_len} + 1; "
                            "use more text or a shorter --seq-len")
+    return torch.stack([token_ids[s:s + seq_len] for s in window_starts(n, nsamples, seq_len, seed)])
+
+
+def window_starts(n_tokens: int, nsamples: int, seq_len: int, seed: int = 0) -> list[int]:
+    """Offsets of the calibration windows in a stream of `n_tokens` (so held-out text can avoid them)."""
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, n - seq_len, (nsamples,), generator=gen)
-    return torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()])
+    return torch.randint(0, n_tokens - seq_len, (nsamples,), generator=gen).tolist()
+
+
+def calibration_tokens(tokenizer, dataset: str, dataset_path: str | Path | None = None,
+                       template: str = "alpaca") -> torch.Tensor:
+    """The whole corpus as one 1-D token stream (windows are drawn from it; a release tokenizes it once)."""
+    texts = load_texts(dataset, dataset_path, instruction_renderer(tokenizer, template))
+    return tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
 
 
 def calibration_windows(tokenizer, dataset: str, dataset_path: str | Path | None = None, nsamples: int = 128,
                         seq_len: int = 2048, seed: int = 0, template: str = "alpaca") -> torch.Tensor:
-    texts = load_texts(dataset, dataset_path, instruction_renderer(tokenizer, template))
-    ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
+    ids = calibration_tokens(tokenizer, dataset, dataset_path, template)
     return sample_windows(ids, nsamples, seq_len, seed)

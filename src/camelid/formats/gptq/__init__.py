@@ -7,7 +7,8 @@ from camelid._lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "config": ("QUANTIZER", "GPTQConfig", "read_config", "write_config"),
-    "layout": ("declare_unquantized", "dynamic_excludes", "modules_in_block", "pack_linear", "packable"),
+    "layout": ("declare_unquantized", "dynamic_excludes", "modules_in_block", "pack_linear", "packable",
+               "packed_shapes"),
     "pack": ("SUPPORTED_BITS", "default_g_idx", "dequantize", "pack_qweight", "pack_qzeros", "pack_rows",
              "unpack_qweight", "unpack_qzeros", "unpack_rows"),
     "reader": ("dense_model", "dequantized_state_dict"),

@@ -25,6 +25,17 @@ def packable(in_features: int, out_features: int, bits: int, group_size: int) ->
     return group_size == -1 or in_features % group_size == 0
 
 
+def packed_shapes(in_features: int, out_features: int, bits: int, group_size: int) -> dict[str, tuple]:
+    """(dtype, shape) of each tensor `pack_linear` writes for one Linear, keyed by suffix."""
+    groups = 1 if group_size == -1 else -(-in_features // group_size)
+    return {
+        "qweight": (torch.int32, (in_features // 32 * bits, out_features)),
+        "qzeros": (torch.int32, (groups, out_features // 32 * bits)),
+        "scales": (torch.float16, (groups, out_features)),
+        "g_idx": (torch.int32, (in_features,)),
+    }
+
+
 def pack_linear(prefix: str, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor,
                 bits: int) -> dict[str, torch.Tensor]:
     """Tensors of one quantized Linear under `prefix` (e.g. 'model.layers.0.self_attn.q_proj') from its
