@@ -84,3 +84,24 @@ def test_fit_beats_round_to_nearest_on_the_same_grid():
     _quantize_linears(fresh)
     err_awq, err_rtn = float((_out(fresh, h, pe) - ref).pow(2).mean()), float((_out(rtn, h, pe) - ref).pow(2).mean())
     assert err_awq < 0.9 * err_rtn, (err_awq, err_rtn)
+
+
+def test_cli_method_awq_writes_an_awq_checkpoint_camelid_runs(tmp_path):
+    import json
+    from pathlib import Path
+
+    from helpers import write_tiny_llama
+
+    import camelid
+    from camelid.cli import main
+    from camelid.runtime import describe_kernels
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "data" / "tinystories_sample.txt"
+    base = write_tiny_llama(tmp_path / "base")
+    assert main(["quantize", str(base), str(tmp_path / "q"), "--method", "awq", "--group-size", "32", "--dataset",
+                 "file", "--dataset-path", str(sample), "--nsamples", "4", "--seq-len", "32", "--device", "cpu"]) == 0
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "awq" and cfg["torch_dtype"] == "float16"
+    model, _ = camelid.load(tmp_path / "q")
+    assert describe_kernels(model)["kernels"] == {"int4": 14}
+    assert (tmp_path / "q" / "quant_log.csv").read_text().count("\n") == 1 + 2 * 8  # 3 groups + 5 clips per layer

@@ -125,6 +125,8 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    if args.method == "awq":
+        return _cmd_quantize_awq(args)
     from camelid.quant import quantize
 
     out = quantize(
@@ -136,6 +138,24 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, revision=args.revision, max_shard_size=args.max_shard_size,
         compute=args.compute_dtype,
     )
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_quantize_awq(args: argparse.Namespace) -> int:
+    """--method awq: the minimal AWQ path (camelid.quant.awq_run) until the layer loop takes methods."""
+    from camelid.checkpoint.source import resolve_model_dir
+    from camelid.quant.awq import AWQSettings
+    from camelid.quant.awq_run import quantize_awq
+    from camelid.quant.calib import calibration_windows
+    from camelid.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(resolve_model_dir(args.model, args.revision))
+    ids = calibration_windows(tok, args.dataset, args.dataset_path, args.nsamples, args.seq_len, args.seed,
+                              args.template)
+    out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), ids,
+                       device=args.device, compute=args.compute_dtype, overwrite=args.overwrite,
+                       revision=args.revision, max_shard_size=args.max_shard_size)
     print(f"wrote {out}")
     return 0
 
@@ -167,7 +187,9 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lm-head", action="store_true", help="quantize lm_head too (untied models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="gptq", choices=("gptq", "rtn"))
+    p.add_argument("--method", default="gptq", choices=("gptq", "rtn", "awq"),
+                   help="awq: 4-bit, AutoAWQ GEMM checkpoint (AutoAWQ's scale and clip search; "
+                        "--bits/--group-size and the calibration options apply)")
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "

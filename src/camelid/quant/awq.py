@@ -152,7 +152,7 @@ def search_clip(x: torch.Tensor, w: torch.Tensor, s: AWQSettings, rows_per_batch
         wg = wb.reshape(wb.shape[0], groups, s.group_size)
         org_max = wg.abs().amax(dim=-1, keepdim=True)  # [rows, groups, 1]
         ref = torch.bmm(xg, wg.permute(1, 2, 0))  # partial products [groups, tokens, rows]
-        best_err = torch.full((wb.shape[0], groups), float("inf"))
+        best_err = torch.full((wb.shape[0], groups), float("inf"), device=wb.device)
         best_max = org_max[..., 0].clone()
         for i in range(int(s.max_shrink * s.n_grid)):
             max_val = org_max * (1 - i / s.n_grid)
