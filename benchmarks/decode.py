@@ -70,13 +70,14 @@ def write_gptq(hf: Path, out: Path) -> None:
     from camelid.checkpoint import open_checkpoint
     from camelid.formats.gptq.layout import pack_linear
     from camelid.quant.gptq import rtn
+    from camelid.quant.settings import QuantParams
 
     ckpt = open_checkpoint(hf)
     tensors = {}
     for name, t in ckpt.iter_tensors():
         if t.ndim == 2 and "embed_tokens" not in name:
             prefix = name.removesuffix(".weight")
-            res = rtn(t, BITS, GROUP, sym=True)
+            res = rtn(t, QuantParams(BITS, GROUP, sym=True, method="rtn"))
             tensors.update(pack_linear(prefix, res.q, res.scales, res.zeros, res.g_idx, BITS))
         else:
             tensors[name] = t

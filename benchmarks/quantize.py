@@ -61,15 +61,17 @@ def child(spec: dict) -> None:
     elif spec["tool"] == "awq":
         from camelid.quant.awq import AWQSettings
         from camelid.quant.awq_run import quantize_awq
+        from camelid.quant.settings import CalibSpec, RunOptions
 
-        quantize_awq(spec["model"], spec["out"], AWQSettings(bits=spec["bits"], group_size=spec["group_size"]), ids,
-                     device="cpu", progress=False)
+        quantize_awq(spec["model"], spec["out"], AWQSettings(bits=spec["bits"], group_size=spec["group_size"]),
+                     CalibSpec(), RunOptions(device="cpu", progress=False), calibration=ids)
     else:
-        from camelid.quant import quantize
+        from camelid.quant import QuantParams, RunOptions, quantize
 
-        quantize(spec["model"], spec["out"], bits=spec["bits"], group_size=spec["group_size"],
-                 act_order=spec["act_order"], damp=0.01, calibration=ids, method=spec["tool"],
-                 batch_size=spec["batch"], device="cpu", progress=False)
+        params = QuantParams(bits=spec["bits"], group_size=spec["group_size"], act_order=spec["act_order"],
+                             damp=0.01, method=spec["tool"])
+        quantize(spec["model"], spec["out"], params, calibration=ids,
+                 options=RunOptions(batch_size=spec["batch"], device="cpu", progress=False))
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     print("RESULT " + json.dumps({"quant_s": seconds, "peak_rss_mb": peak}), flush=True)

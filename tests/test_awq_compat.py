@@ -10,6 +10,7 @@ from helpers import write_tiny_llama
 import camelid
 from camelid.quant.awq import AWQSettings
 from camelid.quant.awq_run import quantize_awq
+from camelid.quant.settings import CalibSpec, RunOptions
 from camelid.runtime import describe_kernels
 
 pytestmark = pytest.mark.compat
@@ -25,8 +26,8 @@ def _logits(model) -> torch.Tensor:
 def camelid_awq(tmp_path_factory):
     root = tmp_path_factory.mktemp("awq")
     ids = torch.randint(3, 512, (4, 64), generator=torch.Generator().manual_seed(0))
-    return quantize_awq(write_tiny_llama(root / "base"), root / "awq", AWQSettings(group_size=32), ids,
-                        device="cpu", progress=False)
+    return quantize_awq(write_tiny_llama(root / "base"), root / "awq", AWQSettings(group_size=32), CalibSpec(),
+                        RunOptions(device="cpu", progress=False), calibration=ids)
 
 
 def test_camelid_awq_loads_in_transformers_with_camelid_logits(camelid_awq):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from camelid import __version__
+from camelid import cli_types as T
 from camelid.errors import CamelidError
 
 
@@ -14,7 +16,7 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2))
 
 
-# --- checkpoint: info, convert, recover, make-diff (issue: foundation) --------------------------------
+# --- checkpoint: info, convert, recover, make-diff ----------------------------------------------------------
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -79,7 +81,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     dtypes = ["float16", "bfloat16", "float32"]
 
     def writer_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+        p.add_argument("--max-shard-size", default="5GB", type=T.size, help="largest safetensors shard (default 5GB)")
         p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser("info", help="architecture, parameters, dtypes, size, tokenizer, quantization of a model")
@@ -104,7 +106,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diff", required=True, help="weight diff folder (its tokenizer and config are used)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float16", choices=dtypes, help="output dtype (sums are done in fp32)")
-    p.add_argument("--check-sum", type=float, help="Alpaca integrity value: expected sum of all recovered weights")
+    p.add_argument("--check-sum", type=T.finite_float, help="Alpaca integrity value: expected sum of all recovered weights")
     writer_options(p)
     p.set_defaults(func=_cmd_recover)
 
@@ -121,41 +123,27 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_make_diff)
 
 
-# --- quantize (issue: GPTQ engine) ---------------------------------------------------------------------
+# --- quantize: GPTQ and RTN into the GPTQ (v1) format -------------------------------------------------------
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    if args.method == "awq":
-        return _cmd_quantize_awq(args)
-    from camelid.quant import quantize
+    from camelid.quant import CalibSpec, QuantParams, RunOptions, quantize
 
-    out = quantize(
-        args.model, args.out, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
-        damp=args.damp, dataset=args.dataset, dataset_path=args.dataset_path, seq_len=args.seq_len,
-        nsamples=args.nsamples, sym=args.sym, true_sequential=args.true_sequential,
-        static_groups=args.static_groups, mse=args.mse, lm_head=args.lm_head, device=args.device,
-        seed=args.seed, method=args.method, template=args.template, spill=args.spill,
-        overwrite=args.overwrite, revision=args.revision, max_shard_size=args.max_shard_size,
-        compute=args.compute_dtype,
-    )
-    print(f"wrote {out}")
-    return 0
+    calib = CalibSpec(dataset=args.dataset, dataset_path=args.dataset_path, nsamples=args.nsamples,
+                      seq_len=args.seq_len, seed=args.seed, template=args.template)
+    options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
+                         revision=args.revision, max_shard_size=args.max_shard_size)
+    if args.method == "awq":  # MINIMAL PATH: AWQ's own loop (camelid.quant.awq_run), not yet a layer-loop method
+        from camelid.quant.awq import AWQSettings
+        from camelid.quant.awq_run import quantize_awq
 
-
-def _cmd_quantize_awq(args: argparse.Namespace) -> int:
-    """--method awq: the minimal AWQ path (camelid.quant.awq_run) until the layer loop takes methods."""
-    from camelid.checkpoint.source import resolve_model_dir
-    from camelid.quant.awq import AWQSettings
-    from camelid.quant.awq_run import quantize_awq
-    from camelid.quant.calib import calibration_windows
-    from camelid.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(resolve_model_dir(args.model, args.revision))
-    ids = calibration_windows(tok, args.dataset, args.dataset_path, args.nsamples, args.seq_len, args.seed,
-                              args.template)
-    out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), ids,
-                       device=args.device, compute=args.compute_dtype, overwrite=args.overwrite,
-                       revision=args.revision, max_shard_size=args.max_shard_size)
+        out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), calib,
+                           options)
+    else:
+        params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                             sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                             mse=args.mse, lm_head=args.lm_head, method=args.method)
+        out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 
@@ -168,17 +156,18 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
-    p.add_argument("--group-size", type=int, default=128, help="columns per scale/zero group (-1: one group)")
+    p.add_argument("--group-size", type=T.group_size, default=128, help="columns per scale/zero group (-1: one group)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=False,
                    help="quantize columns in order of decreasing Hessian diagonal (desc_act)")
-    p.add_argument("--damp", type=float, default=0.01, help="damping, fraction of the mean Hessian diagonal")
+    p.add_argument("--damp", type=T.float_in(0, 1, high_open=True), default=0.01, help="damping, fraction of the mean Hessian diagonal")
     p.add_argument("--dataset", default="wikitext2", help="wikitext2, code, or a file (.txt/.jsonl/.json)")
     p.add_argument("--dataset-path", default=None, help="local file for a named --dataset")
     p.add_argument("--template", default="alpaca",
                    help="camelid chat template (alpaca, tulu, llama-2-chat, ...) used to render "
                         "instruction/input/output calibration records")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seq-len", type=T.positive_int, default=None,
+                   help="tokens per calibration window (default 2048, or the model's context if shorter)")
+    p.add_argument("--nsamples", type=T.positive_int, default=128)
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (same as --no-sym)")
     p.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=True)
@@ -186,7 +175,7 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mse", action="store_true", help="search a shrunk grid minimising |q - w|^2.4")
     p.add_argument("--lm-head", action="store_true", help="quantize lm_head too (untied models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=T.non_negative_int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn", "awq"),
                    help="awq: 4-bit, AutoAWQ GEMM checkpoint (AutoAWQ's scale and clip search; "
                         "--bits/--group-size and the calibration options apply)")
@@ -194,12 +183,12 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "
                         "matmul, else fp32); Hessians are always accumulated in fp32")
-    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--max-shard-size", default="5GB", type=T.size)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_quantize)
 
 
-# --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
+# --- generate, chat, eval -----------------------------------------------------------------------------------
 
 
 def _load_model(args, reference: bool = False):
@@ -218,55 +207,53 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default="auto", help="quantized matmul kernel (see `camelid info`)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+def _add_template_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None,
-                   help="prompt template name (camelid chat templates: tulu, codellama-70b-instruct, llama-2-chat, "
-                        "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
-                        "chat_template if it has one")
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--seed", type=int, default=None)
+                   help="prompt template: a camelid chat template (tulu, codellama-70b-instruct, llama-2-chat, "
+                        "alpaca, vicuna, chatml), Jinja source, or 'none' for raw prompts; default: the model's "
+                        "own chat_template if it has one, else none")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    _add_template_arg(p)
+    p.add_argument("--system", type=T.utf8, default=None, help="system message")
+    p.add_argument("--max-new-tokens", type=T.positive_int, default=512)
+    p.add_argument("--temperature", type=T.float_in(0, math.inf, high_open=True), default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=T.float_in(0, 1, low_open=True), default=0.95)
+    p.add_argument("--top-k", type=T.non_negative_int, default=40, help="0 = off")
+    p.add_argument("--repetition-penalty", type=T.float_in(0, math.inf, True, True), default=1.1)
+    p.add_argument("--seed", type=T.non_negative_int, default=None)
 
 
 def _chat_session(args, need_template: bool = False):
-    """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
-    from camelid.chat import TEMPLATES, apply_template, stop_strings
-    from camelid.runtime.generate import SamplingParams, eos_token_ids
+    """(model, tokenizer, ids_for(messages), sampler, stops) for generate/chat."""
+    from camelid.chat import TEMPLATES, prompt_ids, resolve_template, stop_strings
+    from camelid.runtime.sampling import Sampler, SamplingParams
+    from camelid.runtime.stops import Stops, eos_token_ids
 
-    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
-    if args.template not in (None, "none") and args.template not in TEMPLATES:
-        raise CamelidError(f"unknown template {args.template!r}; known: none, {', '.join(TEMPLATES)}")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed)
     model, tok = _load_model(args)
-    template = args.template
-    if template is None and not getattr(tok, "chat_template", None):
-        template = "none"
-    if need_template and template == "none":
+    template = resolve_template(tok, args.template)
+    if need_template and template is None:
         raise CamelidError(f"chat needs a prompt template and {args.model} has no chat_template; "
                            f"pass --template, one of: {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:
-        if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
-            if args.system is not None:
-                raise CamelidError("--system needs a template (--template NAME)")
-            return tok(messages[-1]["content"])["input_ids"]
         system = [{"role": "system", "content": args.system}] if args.system is not None else []
-        return apply_template(tok, system + messages, template)
+        return prompt_ids(tok, system + messages, template)
 
-    stop = stop_strings(template)
-    return model, tok, ids_for, stop, params, eos_token_ids(model, tok)
+    # One sampler for the session: a chat's turns continue one seeded random stream.
+    sampler = Sampler(params, next(model.parameters()).device)
+    return model, tok, ids_for, sampler, Stops.of(eos_token_ids(model, tok), stop_strings(template))
 
 
 def _cmd_generate(args) -> int:
-    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+    from camelid.runtime.generate import generate_ids, stream_text
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    model, tok, ids_for, sampler, stops = _chat_session(args)
     ids = ids_for([{"role": "user", "content": args.prompt}])
-    gen = make_generator(next(model.parameters()).device, args.seed)
-    pieces = stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop)
+    pieces = stream_text(tok, generate_ids(model, ids, args.max_new_tokens, sampler), stops)
     if args.stream:
         for piece in pieces:
             print(piece, end="", flush=True)
@@ -277,19 +264,24 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+    from camelid.runtime.generate import generate_ids, stream_text
+    from camelid.textio import decode_utf8
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args, need_template=True)
-    gen = make_generator(next(model.parameters()).device, args.seed)
+    model, tok, ids_for, sampler, stops = _chat_session(args, need_template=True)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     print("camelid chat: empty line or Ctrl-D to quit, /reset to forget the conversation", file=sys.stderr)
     while True:
         if interactive:
             print(">>> ", end="", flush=True, file=sys.stderr)
-        line = sys.stdin.readline()
-        if not line.strip():
+        raw = sys.stdin.buffer.readline()
+        if not raw.strip():
             return 0
+        try:
+            line = decode_utf8(raw, "that line")
+        except CamelidError as e:  # one bad line does not end the session
+            print(f"camelid: error: {e}; nothing sent", file=sys.stderr)
+            continue
         if line.strip() == "/reset":
             messages.clear()
             continue
@@ -297,7 +289,7 @@ def _cmd_chat(args) -> int:
         try:
             ids = ids_for(messages)
             reply = []
-            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop):
+            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, sampler), stops):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except CamelidError as e:  # e.g. the conversation outgrew the context: keep the session alive
@@ -311,38 +303,36 @@ def _cmd_chat(args) -> int:
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
+    text = _eval_text(args)  # a missing or binary data file fails before the model loads
     model, tok = _load_model(args)
-    _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
-                                                                                        "data": args.data})
+    _print_json(perplexity(model, tok, text, args.seq_len, args.doc_sep) | {"model": args.model, "data": args.data})
     return 0
 
 
 def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
+    text = _eval_text(args)
     model, tok = _load_model(args)
     ref, _ = _load_model(args, reference=True)
-    result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
+    result = kl_divergence(model, ref, tok, text, args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
 
 
 def _eval_text(args) -> str:
-    from pathlib import Path
-
     from camelid.eval import read_gptq_text
+    from camelid.textio import read_text_file
 
     if args.doc_sep is None:
         return read_gptq_text(args.data)
-    if not Path(args.data).is_file():
-        raise CamelidError(f"eval data not found: {args.data}")
-    return Path(args.data).read_text(encoding="utf-8")
+    return read_text_file(args.data, "eval data")
 
 
 def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt (streams with --stream)")
     _add_model_args(p)
-    p.add_argument("prompt", help="the user prompt ('' with --template none: start from BOS)")
+    p.add_argument("prompt", type=T.utf8, help="the user prompt ('' with --template none: start from BOS)")
     _add_sampling_args(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(func=_cmd_generate)
@@ -361,30 +351,31 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
         if name == "kld":
             p.add_argument("--reference", required=True, help="reference model (e.g. the fp16 original)")
         p.add_argument("--data", required=True, help="text file; scored as '\\n\\n'.join of its lines")
-        p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
+        p.add_argument("--seq-len", type=T.int_at_least(2), default=2048, help="window length (default 2048)")
         p.add_argument("--doc-sep", default=None,
                        help="score each document between these separators on its own (e.g. '<|endoftext|>')")
         p.set_defaults(func=func)
 
 
-# --- serve (issue: serve) ------------------------------------------------------------------------------
+# --- serve --------------------------------------------------------------------------------------------------
 
 
 def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (TGI- and OpenAI-compatible routes)")
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--revision", default=None)
-    p.add_argument("--template", default=None, help="chat template: a camelid.chat name (tulu, chatml, ...) or Jinja")
+    _add_template_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)
-    p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
-    p.add_argument("--max-concurrent-requests", type=int, default=128)
-    p.add_argument("--max-stop-sequences", type=int, default=4)
-    p.add_argument("--max-best-of", type=int, default=2)
+    p.add_argument("--port", type=T.port, default=3000)
+    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=T.positive_int,
+                   default=None)
+    p.add_argument("--max-total-tokens", type=T.positive_int, default=None)
+    p.add_argument("--max-batch-prefill-tokens", type=T.positive_int, default=None)
+    p.add_argument("--max-concurrent-requests", type=T.positive_int, default=128)
+    p.add_argument("--max-stop-sequences", type=T.non_negative_int, default=4)
+    p.add_argument("--max-best-of", type=T.positive_int, default=2)
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=T.positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=_serve)
 
@@ -411,9 +402,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line naming the culprit, like every other camelid error (argparse adds a usage block)."""
+        command = self.prog.removeprefix("camelid").strip()
+        self.exit(2, f"camelid: error: {command + ': ' if command else ''}{message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camelid", description=__doc__)
+    parser = Parser(prog="camelid", description=__doc__)
     parser.add_argument("--version", action="version", version=f"camelid {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_checkpoint_commands(sub)
     _add_quant_commands(sub)
@@ -432,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camelid: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an environment failure camelid did not foresee: one line, exit 1
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"camelid: error: unexpected {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.errors import CamelidError
+from camelid.runtime.sampling import SamplingParams, as_float32
 
 
 class ValidationError(CamelidError):
@@ -21,29 +22,6 @@ class ValidationError(CamelidError):
 
 
 # --- what the scheduler runs ---------------------------------------------------------------------------
-
-
-@dataclass
-class SamplingParams:
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    seed: int = 0
-
-    @property
-    def sampling(self) -> bool:
-        # TGI's server samples whenever a warper is active, whatever do_sample says (utils/tokens.py).
-        return (
-            self.do_sample
-            or self.temperature != 1.0
-            or self.top_k != 0
-            or self.top_p < 1.0
-            or self.typical_p < 1.0
-        )
 
 
 @dataclass
@@ -74,8 +52,9 @@ class Limits:
 
 
 class GenerateParameters(BaseModel):
-    # Unknown fields and wrong JSON types are refused (422), as serde does in TGI's router.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Unknown fields and wrong JSON types are refused (422), as serde does in TGI's router; so are NaN and
+    # Infinity, which serde_json does not parse as numbers at all.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     best_of: int | None = Field(default=None, ge=0)
     temperature: float | None = None
@@ -99,7 +78,7 @@ class GenerateParameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     inputs: str
     # TGI: with `parameters` omitted entirely, do_sample defaults to true (default_parameters()).
@@ -123,11 +102,13 @@ def check_sampling(
     seed: int | None,
 ) -> SamplingParams:
     """TGI's parameter checks, in TGI's order; a missing seed gets a random one (reported in details)."""
+    # Range checks on the values as the fp32 sampler sees them: 1e-300 is 0 there (a division by zero in
+    # the batch step), 1e300 is inf.
     temperature = 1.0 if temperature is None else temperature
-    if temperature <= 0.0:
+    if not 0.0 < as_float32(temperature) < float("inf"):  # also refuses NaN, which compares false
         raise ValidationError("`temperature` must be strictly positive")
     repetition_penalty = 1.0 if repetition_penalty is None else repetition_penalty
-    if repetition_penalty <= 0.0:
+    if not 0.0 < as_float32(repetition_penalty) < float("inf"):
         raise ValidationError("`repetition_penalty` must be strictly positive")
     frequency_penalty = 0.0 if frequency_penalty is None else frequency_penalty
     if not -2.0 <= frequency_penalty <= 2.0:
@@ -138,12 +119,15 @@ def check_sampling(
         raise ValidationError("`typical_p` must be > 0.0 and < 1.0")
     if top_k is not None and top_k <= 0:
         raise ValidationError("`top_k` must be strictly positive")
+    top_k, top_p, typical_p = top_k or 0, 1.0 if top_p is None else top_p, 1.0 if typical_p is None else typical_p
+    # TGI's server samples whenever a warper is active, whatever do_sample says (utils/tokens.py); otherwise
+    # it is greedy, which camelid.runtime spells temperature 0.
+    sample = do_sample or temperature != 1.0 or top_k != 0 or top_p < 1.0 or typical_p < 1.0
     return SamplingParams(
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k or 0,
-        top_p=1.0 if top_p is None else top_p,
-        typical_p=1.0 if typical_p is None else typical_p,
+        temperature=temperature if sample else 0.0,
+        top_k=top_k,
+        top_p=top_p,
+        typical_p=typical_p,
         repetition_penalty=repetition_penalty,
         frequency_penalty=frequency_penalty,
         seed=random.getrandbits(63) if seed is None else seed,
