@@ -88,9 +88,9 @@ def test_bad_gptq_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CamelidError, match="Marlin"):
         camelid.load(tmp_path)
-    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "bits": 4}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CamelidError, match="awq"):
+    with pytest.raises(CamelidError, match="bitsandbytes"):
         camelid.load(tmp_path)
 
 

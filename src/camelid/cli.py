@@ -134,14 +134,21 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from camelid.quant import CalibSpec, QuantParams, RunOptions, quantize
 
-    params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
-                         sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
-                         mse=args.mse, lm_head=args.lm_head, method=args.method)
     calib = CalibSpec(dataset=args.dataset, dataset_path=args.dataset_path, nsamples=args.nsamples,
                       seq_len=args.seq_len, seed=args.seed, template=args.template)
     options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
                          revision=args.revision, max_shard_size=args.max_shard_size)
-    out = quantize(args.model, args.out, params, calib, options)
+    if args.method == "awq":  # MINIMAL PATH: AWQ's own loop (camelid.quant.awq_run), not yet a layer-loop method
+        from camelid.quant.awq import AWQSettings
+        from camelid.quant.awq_run import quantize_awq
+
+        out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), calib,
+                           options)
+    else:
+        params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                             sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                             mse=args.mse, lm_head=args.lm_head, method=args.method)
+        out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 
@@ -174,7 +181,9 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lm-head", action="store_true", help="quantize lm_head too (untied models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=T.non_negative_int, default=0)
-    p.add_argument("--method", default="gptq", choices=("gptq", "rtn"))
+    p.add_argument("--method", default="gptq", choices=("gptq", "rtn", "awq"),
+                   help="awq: 4-bit, AutoAWQ GEMM checkpoint (AutoAWQ's scale and clip search; "
+                        "--bits/--group-size and the calibration options apply)")
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "

@@ -1,4 +1,6 @@
-"""Build a Transformers model whose GPTQ linears are `GPTQLinear`s, without ever holding fp weights for them.
+"""Build a Transformers model whose GPTQ (or AWQ) linears are `GPTQLinear`s, without ever holding fp
+weights for them. AWQ layers are unpacked into the same `kernels.GPTQWeight` (`kernels.unpack_awq`), so
+they run on the same int4 / dense kernels with the same (q - z) * s math.
 
 The skeleton is built with parameters on the meta device (buffers such as RoPE's inv_freq stay real,
 since nothing in the checkpoint recreates them), each Linear that has a `<prefix>.qweight` in the
@@ -22,7 +24,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from camelid.checkpoint.source import Checkpoint, resolve_model_dir
 from camelid.device import resolve_device
 from camelid.errors import CheckpointError
-from camelid.formats.gptq.config import GPTQConfig, read_config
+from camelid.formats import awq
+from camelid.formats.awq import AWQConfig
+from camelid.formats.declared import find_quantization_config
+from camelid.formats.gptq.config import GPTQConfig
 from camelid.formats.gptq.pack import SUPPORTED_BITS, default_g_idx
 from camelid.runtime import cpu_kernels
 from camelid.runtime import kernels as K
@@ -49,6 +54,14 @@ def params_on_meta():
         nn.Module.register_parameter = register
 
 
+def read_quant_config(model_dir: Path) -> GPTQConfig | AWQConfig | None:
+    """The GPTQ or AWQ settings of `model_dir` (whichever its quantization block declares), or None."""
+    found = find_quantization_config(model_dir)
+    if found is None:
+        return None
+    return AWQConfig.from_dict(*found) if awq.is_awq(found[0]) else GPTQConfig.from_dict(*found)
+
+
 def default_gptq_dtype(device: torch.device) -> torch.dtype:
     # The int4 kernels take bf16 activations: a bf16 model makes the per-layer casts no-ops.
     return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
@@ -65,12 +78,18 @@ def _layer_bits(ckpt: Checkpoint, prefix: str, in_features: int, default: int) -
     return bits
 
 
-def build_gptq_linear(ckpt: Checkpoint, prefix: str, linear: nn.Linear, qcfg: GPTQConfig, device: torch.device,
-                      dtype: torch.dtype, kernel: str) -> GPTQLinear:
+def unpack_layer(ckpt: Checkpoint, prefix: str, linear: nn.Linear, qcfg: GPTQConfig | AWQConfig) -> K.GPTQWeight:
+    packed = [ckpt.read(f"{prefix}.{t}") for t in ("qweight", "qzeros", "scales")]
+    if isinstance(qcfg, AWQConfig):
+        return K.unpack_awq(*packed, qcfg.group_size, name=prefix)
     bits = _layer_bits(ckpt, prefix, linear.in_features, qcfg.bits)
     g_idx = ckpt.read(f"{prefix}.g_idx") if f"{prefix}.g_idx" in ckpt else None
-    w = K.unpack_gptq(ckpt.read(f"{prefix}.qweight"), ckpt.read(f"{prefix}.qzeros"), ckpt.read(f"{prefix}.scales"),
-                      g_idx, bits, qcfg.v1, qcfg.group_size, name=prefix)
+    return K.unpack_gptq(*packed, g_idx, bits, qcfg.v1, qcfg.group_size, name=prefix)
+
+
+def build_gptq_linear(ckpt: Checkpoint, prefix: str, linear: nn.Linear, qcfg: GPTQConfig | AWQConfig,
+                      device: torch.device, dtype: torch.dtype, kernel: str) -> GPTQLinear:
+    w = unpack_layer(ckpt, prefix, linear, qcfg)
     if (w.in_features, w.out_features) != (linear.in_features, linear.out_features):
         raise CheckpointError(f"{prefix}: quantized weight is [{w.in_features} -> {w.out_features}] but the model "
                               f"expects [{linear.in_features} -> {linear.out_features}]")
@@ -80,7 +99,7 @@ def build_gptq_linear(ckpt: Checkpoint, prefix: str, linear: nn.Linear, qcfg: GP
     return GPTQLinear(w, chosen, device, dtype, bias=bias)
 
 
-def load_gptq(model_dir: Path, qcfg: GPTQConfig, device: torch.device, dtype: torch.dtype | None,
+def load_gptq(model_dir: Path, qcfg: GPTQConfig | AWQConfig, device: torch.device, dtype: torch.dtype | None,
               kernel: str = "auto") -> PreTrainedModel:
     if kernel != "auto" and kernel not in K.KERNELS:
         raise CheckpointError(f"unknown kernel {kernel!r}; choose from auto, {', '.join(K.KERNELS)}")
@@ -90,7 +109,7 @@ def load_gptq(model_dir: Path, qcfg: GPTQConfig, device: torch.device, dtype: to
         config = AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: cannot read config.json ({e})") from e
-    # Transformers would hand a config with quantization_config to its own GPTQ integration.
+    # Transformers would hand a config with quantization_config to its own GPTQ / AWQ integration.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with params_on_meta():
@@ -98,14 +117,15 @@ def load_gptq(model_dir: Path, qcfg: GPTQConfig, device: torch.device, dtype: to
 
     quantized = [n.removesuffix(".qweight") for n in ckpt.tensors if n.endswith(".qweight")]
     if not quantized:
-        raise CheckpointError(f"{model_dir}: {qcfg.source} declares GPTQ but no tensor is named *.qweight")
+        raise CheckpointError(f"{model_dir}: {qcfg.source} declares {type(qcfg).__name__.removesuffix('Config')} but no "
+                              "tensor is named *.qweight")
     for prefix in quantized:
         try:
             linear = model.get_submodule(prefix)
         except AttributeError:
             raise CheckpointError(f"{model_dir}: checkpoint has {prefix}.qweight but the model has no module {prefix}") from None
         if not isinstance(linear, nn.Linear):
-            raise CheckpointError(f"{prefix} is a {type(linear).__name__}, not a Linear; cannot hold GPTQ weights")
+            raise CheckpointError(f"{prefix} is a {type(linear).__name__}, not a Linear; cannot hold quantized weights")
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, build_gptq_linear(ckpt, prefix, linear, qcfg, device, dtype, kernel))
 
@@ -145,9 +165,10 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
     (no weights unpacked): what `camelid info` can show without loading the model."""
     model_dir = resolve_model_dir(path_or_repo, revision)
     dev = resolve_device(device)
-    qcfg = read_config(model_dir)
+    qcfg = read_quant_config(model_dir)
     if qcfg is None:
         return {"quantized": False}
+    is_awq = isinstance(qcfg, AWQConfig)
     ckpt = Checkpoint(model_dir)
     capability = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else None
     layers, reasons = {}, {}
@@ -156,13 +177,16 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
             continue
         prefix = name.removesuffix(".qweight")
         rows, n_out = info.shape
-        if f"{prefix}.g_idx" in ckpt:
+        if is_awq:  # [in, out // 8], contiguous groups
+            n_in, n_out = rows, n_out * awq.PACK
+            g = default_g_idx(n_in, qcfg.group_size).to(torch.long)
+        elif f"{prefix}.g_idx" in ckpt:
             g = ckpt.read(f"{prefix}.g_idx").to(torch.long)
             n_in = g.numel()
         else:
             n_in = rows * 32 // qcfg.bits
             g = default_g_idx(n_in, qcfg.group_size).to(torch.long)
-        bits = _layer_bits(ckpt, prefix, n_in, qcfg.bits)
+        bits = awq.BITS if is_awq else _layer_bits(ckpt, prefix, n_in, qcfg.bits)
         w = K.GPTQWeight(q=torch.empty(n_in, n_out, dtype=torch.int32, device="meta"), zeros=None, scales=None,
                          g=torch.sort(g).values, perm=None, bits=bits)
         layers[prefix] = chosen = K.choose_kernel(w, dev, kernel, name=prefix, capability=capability)
@@ -171,7 +195,7 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
         if kernel == "auto" and passed:
             reasons[prefix] = "; ".join(f"{k}: {r}" for k, r in passed.items())
     plan = {"quantized": True, "device": str(dev), "bits": qcfg.bits, "group_size": qcfg.group_size,
-            "format": "gptq" if qcfg.v1 else "gptq_v2", "kernels": dict(sorted(Counter(layers.values()).items())),
+            "format": "awq" if is_awq else "gptq" if qcfg.v1 else "gptq_v2", "kernels": dict(sorted(Counter(layers.values()).items())),
             "not_faster": reasons}
     if dev.type == "cpu":
         plan["cpu"] = cpu_kernels.status()

@@ -1,8 +1,11 @@
-"""Quantized matmul kernels for GPTQ weights: which one a layer can use, and its weight layout.
+"""Quantized matmul kernels for GPTQ and AWQ weights: which one a layer can use, and its weight layout.
 
 Every kernel computes y = x @ W^T with W[o, i] = s[g(i), o] * (q[i, o] - z[g(i), o]), the GPTQ math
-(`camelid.formats.gptq.pack.dequantize`). Layouts are converted once here, at load; the per-call work is the
-matmul op plus, for act-order layers, one index_select on the activations.
+(`camelid.formats.gptq.pack.dequantize`), which is also AWQ's (`camelid.formats.awq.dequantize`): an AWQ
+layer is a 4-bit GPTQ layer with g(i) = i // group_size, zeros stored as is and the codes packed along
+the output dim in an interleaved order, so `unpack_awq` turns it into the same `GPTQWeight`. Layouts
+are converted once here, at load; the per-call work is the matmul op plus, for act-order layers, one
+index_select on the activations.
 
 - "q4x8" (CPU, needs a C++ compiler at first use): 2/3/4-bit codes packed two per byte, activations
   quantized to int8 per block at call time, integer dot products (AVX2 maddubs, AVX-VNNI / AVX512-VNNI
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from camelid.errors import CamelidError
+from camelid.formats import awq
 from camelid.formats.gptq.pack import default_g_idx, unpack_qweight, unpack_qzeros
 from camelid.runtime import cpu_kernels
 from camelid.runtime.cpu_features import cpu_features
@@ -84,6 +88,14 @@ def unpack_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tenso
         perm = torch.argsort(g, stable=True)
         q, g = q[perm], g[perm]
     return GPTQWeight(q=q, zeros=zeros, scales=scales, g=g, perm=perm, bits=bits)
+
+
+def unpack_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+               name: str = "layer") -> GPTQWeight:
+    """An AutoAWQ GEMM layer as a 4-bit `GPTQWeight` (groups are contiguous: no act order)."""
+    q, zeros = awq.unpack_linear(qweight, qzeros, scales, group_size, name)
+    g = default_g_idx(q.shape[0], group_size).to(torch.long)
+    return GPTQWeight(q=q, zeros=zeros, scales=scales, g=g, perm=None, bits=awq.BITS)
 
 
 def _unpack_in_chunks(qweight: torch.Tensor, bits: int, rows: int = 1024) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`camelid.load`: a model folder or Hub repo -> (Transformers model, tokenizer), GPTQ or not."""
+"""`camelid.load`: a model folder or Hub repo -> (Transformers model, tokenizer), GPTQ, AWQ or not."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from camelid.checkpoint.source import Checkpoint, resolve_model_dir
 from camelid.device import resolve_device
 from camelid.dtypes import parse_dtype
 from camelid.errors import CamelidError
-from camelid.formats.gptq.config import read_config
-from camelid.runtime.gptq_load import load_gptq
+from camelid.runtime.gptq_load import load_gptq, read_quant_config
 from camelid.tokenizer import load_tokenizer
 
 
@@ -27,16 +26,17 @@ def default_dtype(config_dtype: torch.dtype | None, device: torch.device) -> tor
 def load(path_or_repo: str | os.PathLike, revision: str | None = None, device: str | torch.device = "auto",
          dtype: str | torch.dtype | None = None, kernel: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a LLaMA-family model for inference: a Transformers model (so `generate()`/`pipeline()` work)
-    and its tokenizer. GPTQ checkpoints get camelid's quantized linears (see `camelid.runtime.qlinear`)."""
+    and its tokenizer. GPTQ and AWQ (GEMM) checkpoints get camelid's quantized linears (see
+    `camelid.runtime.qlinear`)."""
     model_dir = resolve_model_dir(path_or_repo, revision)
     dev = resolve_device(device)
     want = None if dtype is None else parse_dtype(dtype)
-    qcfg = read_config(model_dir)
+    qcfg = read_quant_config(model_dir)
     if qcfg is not None:
         model = load_gptq(model_dir, qcfg, dev, want, kernel)
     else:
         if kernel not in ("auto", "dense"):
-            raise CamelidError(f"--kernel {kernel!r} applies to GPTQ models; {model_dir} is not quantized")
+            raise CamelidError(f"--kernel {kernel!r} applies to GPTQ / AWQ models; {model_dir} is not quantized")
         model = _load_dense(model_dir, dev, want)
     model.eval()
     _canonical_head_input(model)

@@ -1,0 +1,56 @@
+"""A checkpoint written by camelid's AWQ runs in Transformers (through GPTQModel's AWQ kernels, as
+Transformers 5 requires: `quantizers/quantizer_awq.py`) with the logits camelid computes."""
+
+import json
+
+import pytest
+import torch
+from helpers import write_tiny_llama
+
+import camelid
+from camelid.quant.awq import AWQSettings
+from camelid.quant.awq_run import quantize_awq
+from camelid.quant.settings import CalibSpec, RunOptions
+from camelid.runtime import describe_kernels
+
+pytestmark = pytest.mark.compat
+IDS = torch.tensor([[1, 17, 300, 42, 7, 99, 250, 3, 480, 11]])
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits.double()
+
+
+@pytest.fixture(scope="module")
+def camelid_awq(tmp_path_factory):
+    root = tmp_path_factory.mktemp("awq")
+    ids = torch.randint(3, 512, (4, 64), generator=torch.Generator().manual_seed(0))
+    return quantize_awq(write_tiny_llama(root / "base"), root / "awq", AWQSettings(group_size=32), CalibSpec(),
+                        RunOptions(device="cpu", progress=False), calibration=ids)
+
+
+def test_camelid_awq_loads_in_transformers_with_camelid_logits(camelid_awq):
+    pytest.importorskip("gptqmodel")
+    from transformers import AutoModelForCausalLM, AwqConfig
+
+    qcfg = json.loads((camelid_awq / "config.json").read_text())["quantization_config"]
+    assert qcfg == {"quant_method": "awq", "zero_point": True, "group_size": 32, "bits": 4, "version": "gemm",
+                    "modules_to_not_convert": None}
+    # GPTQModel's torch AWQ kernel dequantizes to the model dtype and runs a matmul: camelid's dense
+    # kernel at fp16 is the same math.
+    exact = AutoModelForCausalLM.from_pretrained(camelid_awq, dtype=torch.float16, device_map="cpu",
+                                                 quantization_config=AwqConfig(bits=4, group_size=32,
+                                                                               backend="torch_awq"))
+    assert "Awq" in type(exact.model.layers[0].self_attn.q_proj).__name__
+    ours, _ = camelid.load(camelid_awq, dtype="float16", kernel="dense")
+    ref = _logits(exact)
+    assert torch.allclose(_logits(ours), ref, atol=3e-3, rtol=0)
+    # Transformers' default CPU pick (GPTQModel's int4pack ATen kernel) against camelid's default
+    # (bf16 int4 tinygemm): both within bf16 noise of the exact logits.
+    default = AutoModelForCausalLM.from_pretrained(camelid_awq, dtype=torch.float16, device_map="cpu")
+    fast, _ = camelid.load(camelid_awq)
+    assert describe_kernels(fast)["kernels"] == {"int4": 14}
+    for got in (_logits(default), _logits(fast)):
+        assert float((got - ref).abs().max() / ref.abs().max()) < 2e-2
+        assert torch.equal(got[0].argmax(-1), ref[0].argmax(-1))
