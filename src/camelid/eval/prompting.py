@@ -18,6 +18,11 @@ def is_chat(template: str | None) -> bool:
     return template not in NO_TEMPLATE
 
 
+def task_template(settings, default: str = "tulu") -> str:
+    """The template a task uses: the one asked for, else the paper's (Tulu chat format; none for Codex)."""
+    return settings.template if settings.template is not None else default
+
+
 def with_answer_prefix(prompt: str, prefix: str) -> str:
     """open-instruct: `prompt += X if prompt[-1] in ["\\n", " "] else " " + X`."""
     return prompt + prefix if prompt[-1:] in ("\n", " ") else prompt + " " + prefix

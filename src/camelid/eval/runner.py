@@ -10,6 +10,7 @@ from pathlib import Path
 
 from camelid.errors import CamelidError
 from camelid.eval.data import sha256
+from camelid.eval.prompting import task_template
 from camelid.eval.records import PROTOCOL_VERSION, RecordStore, write_json_atomic
 from camelid.eval.settings import EvalSettings
 from camelid.eval.tasks import task_module
@@ -39,7 +40,8 @@ def run_eval(backend, data_dir: str | Path, settings: EvalSettings, out: str | P
     items, files = task.load_items(data_dir, settings, backend.tokenizer, getattr(backend, "context_limit", None))
     name = task.setting(settings)
     hashes = {str(f): sha256(f) for f in files}
-    run_info = {"protocol": PROTOCOL_VERSION, "setting": name, "settings": settings.as_dict(),
+    template = task_template(settings, getattr(task, "DEFAULT_TEMPLATE", "tulu"))
+    run_info = {"protocol": PROTOCOL_VERSION, "setting": name, "template": template, "settings": settings.as_dict(),
                 "data_files": hashes, **{k: v for k, v in backend.describe().items() if k != "device"}}
     store = RecordStore(Path(out) / name, run_info) if out is not None else None
     done = store.done if store else {}

@@ -16,7 +16,8 @@ class EvalSettings:
     cot: bool = True  # GSM8K/BBH chain of thought; False = direct
     closed_book: bool = False  # TyDiQA without the passage
     limit: int | None = None  # per subject/task/language where the task has groups, else in total
-    template: str | None = "tulu"  # camelid.chat template for the chat format; "none" = plain prompts
+    template: str | None = None  # camelid.chat template; "none" = plain prompts; None = the paper's
+    # (the Tulu chat format, except Codex: none)
     subsets: tuple[str, ...] = ()  # only these MMLU subjects / BBH tasks / TyDiQA languages
     pass_at: int = 1  # Codex: 1 (temperature 0.1) or 10 (temperature 0.8), as the paper's two runs
     samples: int = 20  # Codex samples per problem

@@ -23,7 +23,7 @@ from pathlib import Path
 from camelid.errors import CamelidError
 from camelid.eval.backends import Candidate
 from camelid.eval.data import read_csv
-from camelid.eval.prompting import chat_prompt, is_chat
+from camelid.eval.prompting import chat_prompt, is_chat, task_template
 
 CHOICES = ("A", "B", "C", "D")
 MAX_PROMPT_TOKENS = 2048
@@ -144,7 +144,7 @@ def load_items(data_dir: Path, settings, tokenizer, context_limit: int | None = 
             dev = read_mmlu_csv(dev_file)
             files.append(dev_file)
         for i, row in enumerate(test):
-            prompt, k = fit_prompt(dev, subject, row, shots, settings.template, tokenizer, max_tokens)
+            prompt, k = fit_prompt(dev, subject, row, shots, task_template(settings), tokenizer, max_tokens)
             items.append({"id": f"{subject}/{i}", "group": subject, "prompt": prompt, "shots": k, "gold": row[5]})
     return items, files
 
