@@ -178,14 +178,14 @@ class RemoteBackend:
             stop = list(gen.stop[: self.max_stop])
             if self.api == "tgi":
                 params = {"max_new_tokens": max_new, "do_sample": gen.temperature > 0, "stop": stop, "seed": seed}
-                if gen.temperature > 0:
+                if gen.temperature > 0:  # TGI samples whenever a warper is set: greedy sends none
                     params["temperature"] = gen.temperature
-                if gen.top_p < 1:
-                    params["top_p"] = gen.top_p
+                    if gen.top_p < 1:
+                        params["top_p"] = gen.top_p
                 text = self._post("/generate", {"inputs": prompt, "parameters": params})["generated_text"]
             else:
                 body = {"prompt": prompt, "max_tokens": max_new, "temperature": gen.temperature,
-                        "top_p": gen.top_p, "stop": stop or None, "seed": seed}
+                        "top_p": gen.top_p if gen.temperature > 0 else None, "stop": stop or None, "seed": seed}
                 if self.model:
                     body["model"] = self.model
                 text = self._post("/completions", {k: v for k, v in body.items() if v is not None})["choices"][0]["text"]
