@@ -22,8 +22,8 @@ from pathlib import Path
 from camelid.errors import CamelidError
 from camelid.eval.backends import GenerationSettings
 from camelid.eval.data import read_jsonl
-from camelid.eval.metrics import exact_match_one
 from camelid.eval.prompting import chat_prompt, is_chat, task_template
+from camelid.eval.tasks.common import greedy, score_exact_match
 
 FORMAT = 'GSM8K test.jsonl: one {"question": ..., "answer": "... #### N"} per line'
 MAX_EXAMPLES = 200
@@ -108,17 +108,11 @@ def extract_answer(output: str) -> str:
 
 
 def generation(settings) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=settings.max_new_tokens or 512, temperature=0.0,
-                              stop=() if is_chat(task_template(settings)) else ("\n",))
+    return greedy(settings, 512, ("\n",))
 
 
 def score(backend, items, settings) -> list[dict]:
-    outputs = backend.generate([it["prompt"] for it in items], generation(settings), [settings.seed] * len(items))
-    out = []
-    for it, text in zip(items, outputs, strict=True):
-        pred = extract_answer(text)
-        out.append({**it, "output": text, "prediction": pred, "score": float(exact_match_one(pred, it["gold"]))})
-    return out
+    return score_exact_match(backend, items, settings, generation(settings), extract_answer)
 
 
 def summarize(records, settings) -> dict:

@@ -23,6 +23,7 @@ from camelid.eval.backends import GenerationSettings
 from camelid.eval.data import read_json
 from camelid.eval.metrics import squad_exact, squad_f1
 from camelid.eval.prompting import chat_prompt, is_chat, task_template
+from camelid.eval.tasks.common import greedy
 
 FORMAT = ('TyDiQA GoldP v1.1 JSON: {"data": [{"paragraphs": [{"context": ..., "qas": [{"id": "LANG-...", '
           '"question": ..., "answers": [{"text": ..., "answer_start": N}]}]}]}]}')
@@ -135,8 +136,7 @@ def load_items(data_dir: Path, settings, tokenizer, context_limit=None):
 
 
 def generation(settings) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=settings.max_new_tokens or 50, temperature=0.0,
-                              stop=() if is_chat(task_template(settings)) else ("\n",))
+    return greedy(settings, 50, ("\n",))
 
 
 def score(backend, items, settings) -> list[dict]:
