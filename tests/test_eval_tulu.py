@@ -376,3 +376,21 @@ def test_missing_data_errors_name_the_file(tmp_path, llama_tok):
         bbh.load_items(tmp_path, EvalSettings("bbh"), llama_tok)
     with pytest.raises(CamelidError, match="unknown eval task"):
         EvalSettings("hellaswag")
+
+
+@pytest.mark.parametrize("template", ["none", "tulu"])
+@pytest.mark.parametrize("task,folder,kw", [
+    ("mmlu", "mmlu", {"shots": 5, "subsets": ("college_physics",)}),
+    ("gsm8k", "gsm8k", {"cot": True}), ("gsm8k", "gsm8k", {"cot": False}),
+    ("bbh", "bbh", {"cot": True, "subsets": ("navigate",)}), ("bbh", "bbh", {"cot": False, "subsets": ("navigate",)}),
+    ("codex", "humaneval", {}),
+])
+def test_prompt_ids_are_the_slow_llama_tokenizers(shared_data, llama_tok, sp, task, folder, kw, template):
+    # open-instruct tokenizes the prompt text with the (slow, legacy) LLaMA tokenizer and its BOS: the
+    # ids are BOS + SentencePiece's pieces of the whole text, with no special token inside.
+    from camelid.eval.tasks import task_module
+
+    item = task_module(task).load_items(shared_data / "eval" / folder,
+                                        EvalSettings(task, limit=1, template=template, **kw), llama_tok)[0][0]
+    assert ids(llama_tok, item["prompt"]) == [1] + sp.encode(item["prompt"])
+    assert item["prompt"].startswith("<|user|>\n") == (template == "tulu")
