@@ -394,3 +394,19 @@ def test_prompt_ids_are_the_slow_llama_tokenizers(shared_data, llama_tok, sp, ta
                                         EvalSettings(task, limit=1, template=template, **kw), llama_tok)[0][0]
     assert ids(llama_tok, item["prompt"]) == [1] + sp.encode(item["prompt"])
     assert item["prompt"].startswith("<|user|>\n") == (template == "tulu")
+
+
+def test_suite_runs_the_columns_it_has_data_for(shared_data, stories_backend, tmp_path):
+    from camelid.eval import evaluate, run_suite
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mmlu").symlink_to(shared_data / "eval" / "mmlu")
+    base = EvalSettings("mmlu", limit=1, subsets=("anatomy", "virology"))
+    suite = run_suite(stories_backend, tmp_path / "data", base, tmp_path / "out", progress=False)
+    five = evaluate(stories_backend, EvalSettings("mmlu", shots=5, limit=1, subsets=("anatomy", "virology")),
+                    shared_data / "eval" / "mmlu", progress=False)
+    assert suite["scores"]["MMLU 5-shot"] == five["metrics"]["score"]
+    assert [c for c, v in suite["scores"].items() if v is not None] == ["MMLU 0-shot", "MMLU 5-shot"]
+    assert suite["average"] == pytest.approx((suite["scores"]["MMLU 0-shot"] + five["metrics"]["score"]) / 2)
+    assert not suite["average_complete"] and suite["skipped"]["AlpacaFarm vs Davinci-003"].startswith("no ")
+    assert (tmp_path / "out" / "mmlu-0shot" / "results.json").exists()

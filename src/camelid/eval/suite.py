@@ -58,7 +58,7 @@ def run_suite(backend, data_root: str | Path, base: EvalSettings, out: str | Pat
             scores[column], skipped[column] = None, "no --judge"
             continue
         # The paper's settings per column; the user's --shots/--cot are for single tasks, not the suite.
-        settings = replace(base, shots=None, cot=True, closed_book=False, pass_at=1, **overrides)
+        settings = replace(base, **{"shots": None, "cot": True, "closed_book": False, "pass_at": 1, **overrides})
         try:
             res = run_eval(backend, data_root / folder, settings, out, progress)
         except CamelidError as e:
