@@ -68,7 +68,7 @@ def write_gptq(hf: Path, out: Path) -> None:
     from safetensors.torch import save_file
 
     from camelid.checkpoint import open_checkpoint
-    from camelid.quant.format import pack_linear
+    from camelid.formats.gptq.layout import pack_linear
     from camelid.quant.gptq import rtn
 
     ckpt = open_checkpoint(hf)
@@ -76,7 +76,8 @@ def write_gptq(hf: Path, out: Path) -> None:
     for name, t in ckpt.iter_tensors():
         if t.ndim == 2 and "embed_tokens" not in name:
             prefix = name.removesuffix(".weight")
-            tensors.update(pack_linear(prefix, rtn(t, BITS, GROUP, sym=True), BITS))
+            res = rtn(t, BITS, GROUP, sym=True)
+            tensors.update(pack_linear(prefix, res.q, res.scales, res.zeros, res.g_idx, BITS))
         else:
             tensors[name] = t
     out.mkdir(parents=True)

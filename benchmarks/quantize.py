@@ -102,8 +102,8 @@ def prefix_tokens(tok, text: str, n_tokens: int) -> str:
 
 
 def evaluate(path: Path, fp_model, tok, texts: dict, seq_len: int) -> dict:
-    from camelid.eval.perplexity import kl_divergence, perplexity
-    from camelid.quant.reader import dense_model
+    from camelid.eval.likelihood import kl_divergence, perplexity
+    from camelid.formats.gptq.reader import dense_model
 
     model = dense_model(path)
     kl = kl_divergence(model, fp_model, tok, texts["kl"], seq_len=seq_len)
@@ -131,9 +131,9 @@ def main() -> int:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from camelid.eval.perplexity import read_gptq_text
+    from camelid.eval.likelihood import read_gptq_text
     from camelid.quant.calib import calibration_windows
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     torch.set_num_threads(THREADS)
     seq = 256
@@ -153,7 +153,7 @@ def main() -> int:
         results["eval"] = {"kl_text": f"GSM8K test, first {args.kl_windows} x {seq}-token windows",
                            "ppl_text": f"wiki.test.raw GPTQ protocol, first {args.ppl_windows} x {seq}-token windows"}
         fp = LlamaForCausalLM.from_pretrained(CAMEL, dtype=torch.float32).eval()
-        from camelid.eval.perplexity import kl_divergence, perplexity
+        from camelid.eval.likelihood import kl_divergence, perplexity
 
         base = kl_divergence(fp, fp, tok, texts["kl"], seq_len=seq)
         results["rows"].append({"model": "camel45m", "method": "fp16 (fp32 compute)", "setting": "-",
@@ -207,10 +207,10 @@ def stories_rows(work: Path) -> list[dict]:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from camelid.eval.perplexity import kl_divergence
+    from camelid.eval.likelihood import kl_divergence
+    from camelid.formats.gptq.reader import dense_model
     from camelid.quant.calib import calibration_windows
-    from camelid.quant.reader import dense_model
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     sample = ROOT / "examples" / "data" / "tinystories_sample.txt"
     tok = load_tokenizer(STORIES)

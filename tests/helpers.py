@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from camelid.quant.pack import pack_qweight, pack_qzeros
+from camelid.formats.gptq.pack import pack_qweight, pack_qzeros
 
 STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
 
@@ -98,7 +98,7 @@ def write_tiny_gptq_llama(out: Path, bits: int = 4, group_size: int = 32, sym: b
     exact reference. The tokenizer is stories260K's (same 512-token vocabulary). Linears whose name contains a `skip` entry stay fp16."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from camelid.quant.pack import dequantize
+    from camelid.formats.gptq.pack import dequantize
 
     cfg = tiny_llama_config(**(config_overrides or {}))
     torch.manual_seed(seed)

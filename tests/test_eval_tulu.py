@@ -18,7 +18,7 @@ STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
 
 @pytest.fixture(scope="module")
 def llama_tok(shared_data):
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     return load_tokenizer(shared_data / "tokenizers" / "llama2")
 

@@ -35,7 +35,7 @@ def test_load_errors_are_clear(tmp_path):
 def test_folder_with_tokenizer_json_keeps_its_fast_tokenizer(tmp_path):
     import shutil
 
-    from camelid.runtime.tokenizer import LlamaSentencePieceTokenizer, load_tokenizer
+    from camelid.tokenizer import LlamaSentencePieceTokenizer, load_tokenizer
 
     shutil.copytree(STORIES, tmp_path / "m")
     assert isinstance(load_tokenizer(tmp_path / "m"), LlamaSentencePieceTokenizer)

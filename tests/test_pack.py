@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from camelid.quant.pack import (
+from camelid.formats.gptq.pack import (
     dequantize,
     pack_qweight,
     pack_qzeros,

@@ -3,7 +3,7 @@ import torch
 from helpers import random_gptq_layer
 
 from camelid.errors import CamelidError
-from camelid.quant.pack import dequantize, pack_qweight, unpack_qweight
+from camelid.formats.gptq.pack import dequantize, pack_qweight, unpack_qweight
 from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
 

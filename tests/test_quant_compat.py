@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from camelid.checkpoint import open_checkpoint
+from camelid.formats.gptq.pack import dequantize
+from camelid.formats.gptq.reader import dense_model
 from camelid.quant import quantize
-from camelid.quant.pack import dequantize
-from camelid.quant.reader import dense_model
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 gptqmodel = pytest.importorskip("gptqmodel")

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from camelid.cli import main as camelid
 from camelid.errors import CamelidError
+from camelid.formats.gptq.reader import dense_model
 from camelid.quant import engine, quantize
 from camelid.quant.calib import calibration_windows, read_texts, sample_windows
-from camelid.quant.reader import dense_model
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"
@@ -121,7 +121,7 @@ def test_cli_quantize_and_errors(tmp_path, capsys):
 
 def test_calibration_files(tmp_path):
     from camelid.quant.calib import instruction_renderer
-    from camelid.runtime.tokenizer import load_tokenizer
+    from camelid.tokenizer import load_tokenizer
 
     (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n{"text": "world"}\n')
     assert read_texts(tmp_path / "a.jsonl") == ["hello", "world"]

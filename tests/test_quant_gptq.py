@@ -10,7 +10,7 @@ from camelid.quant.calib import calibration_windows
 from camelid.quant.gptq import Hessian, gptq, inverse_cholesky, rtn
 from camelid.quant.layer import llama_config, load_layer
 from camelid.quant.quantizer import find_params, quantize
-from camelid.runtime.tokenizer import load_tokenizer
+from camelid.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from camelid.runtime.detokenize import TextStream, decode_generated
-from camelid.runtime.tokenizer import load_tokenizer
 from camelid.serve.openai_api import StopTrimmer
+from camelid.tokenizer import load_tokenizer
 from tests.serve_helpers import STORIES
 
 

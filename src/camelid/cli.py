@@ -165,7 +165,7 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-groups", action="store_true")
     p.add_argument("--mse", action="store_true", help="search a shrunk grid minimising |q - w|^2.4")
     p.add_argument("--lm-head", action="store_true", help="quantize lm_head too (untied models)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn"))
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")

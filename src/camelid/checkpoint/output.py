@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from camelid.checkpoint.writer import TensorSpec, save_sharded, write_json
+from camelid.checkpoint.jsonio import read_json, write_json
+from camelid.checkpoint.writer import TensorSpec, save_sharded
 from camelid.errors import CamelidError, CheckpointError
 
 TOKENIZER_FILES = (
@@ -20,6 +21,12 @@ TOKENIZER_FILES = (
     "added_tokens.json", "chat_template.jinja", "chat_template.json",
 )
 SIDE_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
+
+
+def check_output(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse to replace an existing OUT unless asked; called before long work, not after it."""
+    if Path(out).exists() and not overwrite:
+        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
 
 
 def partial_dir(out: Path) -> Path:
@@ -34,8 +41,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     rerun can continue where the failed one stopped (long jobs such as quantization).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)
     work = partial_dir(out)
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -81,9 +87,7 @@ def write_manifest(folder: Path) -> dict[str, str]:
 
 
 def verify_manifest(folder: Path) -> None:
-    import json
-
-    sums = json.loads((folder / MANIFEST).read_text())
+    sums = read_json(folder / MANIFEST)
     for name, digest in sums.items():
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name}: listed in {MANIFEST} but missing")
@@ -129,8 +133,7 @@ def write_model_dir(out: str | Path, specs: Sequence[TensorSpec], chunks: Iterab
     files (tokenizer, generation config; later folders in `side_files_from` win) and a SHA-256 manifest.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)
     total = sum(s.nbytes for s in specs)
     ensure_free_space(out, total + (1 << 20))
     with atomic_output_dir(out, overwrite=overwrite) as work, single_threaded():

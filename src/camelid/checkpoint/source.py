@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from camelid.checkpoint.jsonio import read_json
+from camelid.dtypes import SAFETENSORS_DTYPES
 from camelid.errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -76,13 +78,6 @@ class TensorInfo:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-
-
 def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
     # Parse the header ourselves (8-byte length + JSON) to learn names/shapes without mapping data,
     # and check the offsets against the file size so a truncated download is named up front.
@@ -104,10 +99,10 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
     end = 0
     infos = {}
     for name, meta in header.items():
-        if meta.get("dtype") not in _ST_DTYPES:
+        if meta.get("dtype") not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
         try:
-            info = TensorInfo(name, _ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + meta["data_offsets"][0])
+            info = TensorInfo(name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + meta["data_offsets"][0])
             begin, stop = meta["data_offsets"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} ({e})") from e
@@ -183,12 +178,9 @@ class Checkpoint:
     def __init__(self, model_dir: str | os.PathLike):
         self.dir = model_dir = Path(model_dir)
         config = model_dir / "config.json"
-        try:
-            self.config: dict = json.loads(config.read_text())
-        except FileNotFoundError as e:
-            raise CheckpointError(f"{model_dir}: missing config.json") from e
-        except ValueError as e:
-            raise CheckpointError(f"{config}: invalid JSON ({e})") from e
+        if not config.is_file():
+            raise CheckpointError(f"{model_dir}: missing config.json")
+        self.config: dict = read_json(config)
         self.tensors: dict[str, TensorInfo] = {}
         for file in _weight_files(model_dir):
             if file.suffix == ".safetensors":

@@ -2,46 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter
 from pathlib import Path
 
-from camelid.checkpoint.convert import dtype_name
+from camelid.checkpoint.jsonio import read_json
 from camelid.checkpoint.output import TOKENIZER_FILES
 from camelid.checkpoint.source import open_checkpoint
-from camelid.errors import CheckpointError
+from camelid.dtypes import dtype_name
+from camelid.formats.declared import find_quantization_config
 
 _CONFIG_KEYS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings", "torch_dtype", "dtype",
 )
-_QUANT_FILES = ("quantize_config.json", "quant_config.json")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
-
-
-def quantization_config(model_dir: Path, config: dict) -> dict | None:
-    """Where AutoGPTQ, GPTQModel and TGI look, in their order: config.json, quantize_config.json, quant_config.json."""
-    if isinstance(config.get("quantization_config"), dict):
-        return config["quantization_config"]
-    for name in _QUANT_FILES:
-        if (model_dir / name).is_file():
-            return _read_json(model_dir / name)
-    return None
 
 
 def _tokenizer(model_dir: Path) -> dict | None:
     files = [n for n in TOKENIZER_FILES if (model_dir / n).is_file()]
     if not files:
         return None
-    tok = _read_json(model_dir / "tokenizer_config.json") if "tokenizer_config.json" in files else {}
+    tok = read_json(model_dir / "tokenizer_config.json") if "tokenizer_config.json" in files else {}
     special = {k: tok[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if isinstance(tok.get(k), str)}
     return {
         "class": tok.get("tokenizer_class"),
@@ -68,7 +50,8 @@ def info(model: str | os.PathLike, revision: str | None = None) -> dict:
     """Architecture, parameter count, dtypes, size on disk, tokenizer and quantization config of a model."""
     ckpt = open_checkpoint(model, revision)
     config = ckpt.config
-    quant = quantization_config(ckpt.dir, config)
+    found = find_quantization_config(ckpt.dir)
+    quant = found[0] if found else None
     files = [p for p in ckpt.dir.iterdir() if p.is_file()]
     weight_files = sorted({t.file for t in ckpt.tensors.values()})
     dtypes = Counter()

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import torch
 
+from camelid.checkpoint.jsonio import write_json
+from camelid.dtypes import SAFETENSORS_NAMES
 from camelid.errors import CheckpointError
-
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,9 @@ class ShardWriter:
         header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
         offset = 0
         for spec in self.specs:
-            if spec.dtype not in _DTYPE_NAMES:
+            if spec.dtype not in SAFETENSORS_NAMES:
                 raise CheckpointError(f"cannot write tensor {spec.name}: dtype {spec.dtype} unsupported")
-            header[spec.name] = {"dtype": _DTYPE_NAMES[spec.dtype], "shape": list(spec.shape),
+            header[spec.name] = {"dtype": SAFETENSORS_NAMES[spec.dtype], "shape": list(spec.shape),
                                  "data_offsets": [offset, offset + spec.nbytes]}
             offset += spec.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -174,10 +170,3 @@ def save_sharded(out_dir: Path, specs: Sequence[TensorSpec], chunks: Iterable[tu
     write_index(out_dir, shards, names, prefix)
     return [out_dir / n for n in names]
 
-
-def write_json(path: Path, obj: object) -> None:
-    """Atomic JSON write (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

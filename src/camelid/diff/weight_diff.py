@@ -32,14 +32,13 @@ from camelid.checkpoint import (
     TensorInfo,
     TensorSpec,
     cast_checked,
-    dtype_name,
     open_checkpoint,
-    parse_dtype,
     row_slices,
     single_threaded,
     with_config_dtype,
     write_model_dir,
 )
+from camelid.dtypes import dtype_name, parse_dtype
 from camelid.errors import CheckpointError
 
 # Buffers that old transformers versions saved with the weights; recomputed at load, never diffed.

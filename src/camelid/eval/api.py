@@ -24,7 +24,7 @@ def open_backend(model: str, endpoint: str | None = None, api: str | None = None
     for its tokenizer (prompt lengths, chat template strings, MMLU candidate ids)."""
     if endpoint:
         from camelid.checkpoint import resolve_model_dir
-        from camelid.runtime.tokenizer import load_tokenizer
+        from camelid.tokenizer import load_tokenizer
 
         return RemoteBackend(endpoint, load_tokenizer(resolve_model_dir(model, revision)), api=api,
                              model=endpoint_model, api_key=api_key)

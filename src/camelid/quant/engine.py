@@ -22,20 +22,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from camelid import __version__
-from camelid.checkpoint import (
-    Checkpoint,
-    ShardWriter,
-    TensorSpec,
-    atomic_output_dir,
-    copy_side_files,
-    open_checkpoint,
-    save_sharded,
-    write_json,
-)
+from camelid.checkpoint.jsonio import write_json
+from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files
+from camelid.checkpoint.source import Checkpoint, open_checkpoint
+from camelid.checkpoint.writer import ShardWriter, TensorSpec, save_sharded
+from camelid.device import compute_dtype, resolve_device
+from camelid.dtypes import SAFETENSORS_DTYPES
 from camelid.errors import CamelidError
+from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
+from camelid.formats.gptq.layout import declare_unquantized, pack_linear, packable
 from camelid.quant.calib import calibration_windows
-from camelid.quant.format import QuantParams, modules_in_block, pack_linear, packable, quantize_config
+from camelid.quant.format import QuantParams
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
 from camelid.quant.layer import (
     GROUPS,
@@ -47,7 +44,7 @@ from camelid.quant.layer import (
     rotary,
     stage_input,
 )
-from camelid.runtime.tokenizer import load_tokenizer
+from camelid.tokenizer import load_tokenizer
 
 STATE = "state"
 LARGE_MODEL_BYTES = 2 * 10**9  # above this, bounded RSS matters more than allocation speed
@@ -67,26 +64,6 @@ def check_params(p: QuantParams, config: dict) -> None:
         raise CamelidError(f"only Llama-architecture models are supported, got model_type {config.get('model_type')!r}")
     if p.lm_head and config.get("tie_word_embeddings", False):
         raise CamelidError("--lm-head needs an untied lm_head; this model ties it to the embeddings")
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CamelidError("--device cuda: no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise CamelidError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def compute_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """dtype of the calibration forward passes. bf16 where matmul units support it (CUDA; CPUs with
-    AMX/AVX512-BF16, ~10x the fp32 speed), as GPTQModel runs on CPU; fp32 otherwise."""
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 def activation_buffer(shape: tuple[int, ...], spill: Path | None, dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -186,7 +163,7 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, hidden: tor
         for nm, res in results.items():
             lin = mods[nm]
             lin.weight.data = res.dequantized().to(lin.weight.device, dtype)
-            tensors.update(pack_linear(prefix + nm, res, p.bits))
+            tensors.update(pack_linear(prefix + nm, res.q, res.scales, res.zeros, res.g_idx, p.bits))
             # the group's time, shared out by rows
             rows.append({"layer": i, "module": nm, "loss": f"{res.loss:.6g}", "damp": res.damp,
                          "seconds": f"{seconds * res.q.shape[0] / total:.3f}"})
@@ -313,7 +290,7 @@ def quantize_lm_head(ckpt: Checkpoint, config, hidden: torch.Tensor, p: QuantPar
     res = quantize_weight(w, hess, p)
     row = {"layer": "lm_head", "module": "lm_head", "loss": f"{res.loss:.6g}", "damp": res.damp,
            "seconds": f"{time.perf_counter() - t0:.3f}"}
-    return pack_linear("lm_head", res, p.bits), [row]
+    return pack_linear("lm_head", res.q, res.scales, res.zeros, res.g_idx, p.bits), [row]
 
 
 def assemble(work: Path, ckpt: Checkpoint, n_layers: int, extra: dict[str, torch.Tensor],
@@ -331,7 +308,7 @@ def assemble(work: Path, ckpt: Checkpoint, n_layers: int, extra: dict[str, torch
         with safe_open(f, framework="pt") as sf:
             for k in sf.keys():
                 sl = sf.get_slice(k)
-                specs.append(TensorSpec(k, {"I32": torch.int32, "F16": torch.float16}[sl.get_dtype()],
+                specs.append(TensorSpec(k, SAFETENSORS_DTYPES[sl.get_dtype()],
                                         tuple(sl.get_shape())))
     specs += [TensorSpec(n, torch.float16, ckpt.tensors[n].shape) for n in tail]
     specs += [TensorSpec(k, v.dtype, tuple(v.shape)) for k, v in extra.items()]
@@ -366,11 +343,10 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
     resumes from the last finished layer.
     """
     p = QuantParams(bits, group_size, act_order, damp, sym, true_sequential, static_groups, mse, lm_head, method)
-    if Path(out).exists() and not overwrite:  # before the (long) calibration, not after
-        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    check_output(out, overwrite)  # before the (long) calibration, not after
     ckpt = open_checkpoint(model, revision)
     check_params(p, ckpt.config)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     dtype = compute_dtype(dev, compute)
     config = llama_config(ckpt.config)
     n_layers = config.num_hidden_layers
@@ -421,7 +397,8 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             prog["log"] += rows
         skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
                    if not packable(*_linear_dims(ckpt, n), p.bits, p.group_size)]
-        meta = {
+        dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
+        run = {
             "dataset": None if ids is None else (str(dataset_path) if dataset_path else dataset),
             "seq_len": None if ids is None else seq_len, "nsamples": None if ids is None else nsamples,
             "seed": seed, "template": template, "compute_dtype": str(dtype).removeprefix("torch."),
@@ -429,21 +406,13 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             "damp_auto_increment": 0.01, "static_groups": static_groups, "true_sequential": true_sequential,
             "unquantized_modules": skipped,
         }
-        in_block = modules_in_block(skipped, GROUPS)
-        if in_block is not None and any(n not in skipped for n in
-                                        (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS
-                                         if not any(m in g for g in in_block))):
-            raise CamelidError("unquantizable Linears differ between layers; Transformers cannot load that")
-        qcfg = quantize_config(p, str(model), skipped, n_layers, meta, in_block)
-        st_meta = {"format": "pt", "quantizer": f"camelid:{__version__}", "gptq_bits": str(bits),
-                   "gptq_group_size": str(group_size), "gptq_desc_act": str(act_order),
-                   "gptq_damp_percent": str(damp)}
-        assemble(work, ckpt, n_layers, extra, st_meta, max_shard_size)
+        qcfg = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order, sym=p.sym, damp_percent=p.damp,
+                          true_sequential=p.true_sequential, static_groups=p.static_groups, lm_head=p.lm_head,
+                          model_name_or_path=str(model), dynamic=dynamic, modules_in_block_to_quantize=in_block,
+                          meta={"quantizer": [QUANTIZER], "method": p.method, "mse": p.mse, **run})
+        assemble(work, ckpt, n_layers, extra, qcfg.safetensors_metadata(), max_shard_size)
         copy_side_files(ckpt.dir, work)
-        write_json(work / "quantize_config.json", qcfg)
-        cfg = {k: v for k, v in ckpt.config.items() if k != "torch_dtype"}
-        cfg.update({"dtype": "float16", "torch_dtype": "float16", "quantization_config": qcfg})
-        write_json(work / "config.json", cfg)
+        write_config(work, ckpt.config, qcfg)
         with open(work / "quant_log.csv", "w", newline="") as f:
             w = csv.DictWriter(f, ["layer", "module", "loss", "damp", "seconds"])
             w.writeheader()

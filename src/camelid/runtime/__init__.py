@@ -1,6 +1,7 @@
-"""camelid.runtime: load models (GPTQ or not) for inference with fast quantized kernels."""
+"""camelid.runtime: load models (GPTQ or not) for inference with fast quantized kernels.
 
-from camelid.runtime.gptq_load import describe_kernels, plan_kernels
-from camelid.runtime.load import load
+`camelid.load` is the loader (its module here is `camelid.runtime.load`)."""
 
-__all__ = ["describe_kernels", "load", "plan_kernels"]
+from camelid._lazy import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {"gptq_load": ("describe_kernels", "plan_kernels")})

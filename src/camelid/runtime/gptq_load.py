@@ -19,11 +19,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from camelid.checkpoint import Checkpoint
+from camelid.checkpoint.source import Checkpoint, resolve_model_dir
+from camelid.device import resolve_device
 from camelid.errors import CheckpointError
+from camelid.formats.gptq.config import GPTQConfig, read_config
+from camelid.formats.gptq.pack import SUPPORTED_BITS, default_g_idx
 from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
-from camelid.runtime.quant_config import GPTQConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def _layer_bits(ckpt: Checkpoint, prefix: str, in_features: int, default: int) -
     # GPTQModel `dynamic` may give layers their own bits; the qweight shape says which.
     rows = ckpt.tensors[f"{prefix}.qweight"].shape[0]
     bits = rows * 32 // in_features
-    if rows * 32 != bits * in_features or bits not in (2, 3, 4, 8):
+    if rows * 32 != bits * in_features or bits not in SUPPORTED_BITS:
         raise CheckpointError(f"{prefix}.qweight has {rows} rows, which fits no GPTQ bit width for {in_features} inputs")
     if bits != default:
         log.info("%s: %d-bit (config says %d)", prefix, bits, default)
@@ -140,13 +142,9 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
                  kernel: str = "auto") -> dict:
     """The kernel each GPTQ layer would get on `device`, from the checkpoint's shapes and g_idx alone
     (no weights unpacked): what `camelid info` can show without loading the model."""
-    from camelid.checkpoint import resolve_model_dir
-    from camelid.runtime.load import resolve_device
-    from camelid.runtime.quant_config import read_quant_config
-
     model_dir = resolve_model_dir(path_or_repo, revision)
     dev = resolve_device(device)
-    qcfg = read_quant_config(model_dir)
+    qcfg = read_config(model_dir)
     if qcfg is None:
         return {"quantized": False}
     ckpt = Checkpoint(model_dir)
@@ -162,7 +160,7 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
             n_in = g.numel()
         else:
             n_in = rows * 32 // qcfg.bits
-            g = torch.arange(n_in) // (n_in if qcfg.group_size == -1 else qcfg.group_size)
+            g = default_g_idx(n_in, qcfg.group_size).to(torch.long)
         bits = _layer_bits(ckpt, prefix, n_in, qcfg.bits)
         w = K.GPTQWeight(q=torch.empty(n_in, n_out, dtype=torch.int32, device="meta"), zeros=None, scales=None,
                          g=torch.sort(g).values, perm=None, bits=bits)

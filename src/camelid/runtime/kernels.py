@@ -1,7 +1,7 @@
 """Quantized matmul kernels for GPTQ weights: which one a layer can use, and its weight layout.
 
 Every kernel computes y = x @ W^T with W[o, i] = s[g(i), o] * (q[i, o] - z[g(i), o]), the GPTQ math
-(`camelid.quant.pack.dequantize`). Layouts are converted once here, at load; the per-call work is the
+(`camelid.formats.gptq.pack.dequantize`). Layouts are converted once here, at load; the per-call work is the
 matmul op plus, for act-order layers, one index_select on the activations.
 
 - "int4": torch's int4 tinygemm (`_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from camelid.errors import CamelidError
-from camelid.quant.pack import unpack_qweight, unpack_qzeros
+from camelid.formats.gptq.pack import default_g_idx, unpack_qweight, unpack_qzeros
 
 KERNELS = ("int4", "int8", "dense")
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # largest first: fewer scale rows to read per call
@@ -58,8 +58,7 @@ def unpack_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tenso
         raise CamelidError(f"{name}: scales {tuple(scales.shape)} / qzeros -> {tuple(zeros.shape)} do not match "
                            f"qweight -> [{n_in}, {n_out}] at {bits} bits")
     if g_idx is None:
-        gs = n_in if group_size == -1 else group_size
-        g_idx = torch.arange(n_in) // gs
+        g_idx = default_g_idx(n_in, group_size)
     g = g_idx.to(torch.long)
     if g.shape != (n_in,) or int(g.min()) < 0 or int(g.max()) >= scales.shape[0]:
         raise CamelidError(f"{name}: g_idx does not match {n_in} inputs and {scales.shape[0]} groups")

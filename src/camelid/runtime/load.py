@@ -7,36 +7,13 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from camelid.checkpoint import resolve_model_dir
+from camelid.checkpoint.source import resolve_model_dir
+from camelid.device import resolve_device
+from camelid.dtypes import parse_dtype
 from camelid.errors import CamelidError
-from camelid.runtime.quant_config import read_quant_config
-from camelid.runtime.tokenizer import load_tokenizer
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-    "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise CamelidError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16") from None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise CamelidError(f"unknown device {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CamelidError(f"device {device!r} requested but CUDA is not available")
-    return dev
+from camelid.formats.gptq.config import read_config
+from camelid.runtime.gptq_load import load_gptq
+from camelid.tokenizer import load_tokenizer
 
 
 def default_dtype(config_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -53,11 +30,9 @@ def load(path_or_repo: str | os.PathLike, revision: str | None = None, device: s
     and its tokenizer. GPTQ checkpoints get camelid's quantized linears (see `camelid.runtime.qlinear`)."""
     model_dir = resolve_model_dir(path_or_repo, revision)
     dev = resolve_device(device)
-    want = parse_dtype(dtype)
-    qcfg = read_quant_config(model_dir)
+    want = None if dtype is None else parse_dtype(dtype)
+    qcfg = read_config(model_dir)
     if qcfg is not None:
-        from camelid.runtime.gptq_load import load_gptq
-
         model = load_gptq(model_dir, qcfg, dev, want, kernel)
     else:
         if kernel not in ("auto", "dense"):

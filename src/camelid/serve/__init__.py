@@ -1,5 +1,5 @@
 """camelid.serve: a TGI- and OpenAI-compatible HTTP server with continuous batching."""
 
-from camelid.serve.server import make_limits, serve
+from camelid._lazy import lazy_exports
 
-__all__ = ["make_limits", "serve"]
+__all__, __getattr__ = lazy_exports(__name__, {"server": ("make_limits", "serve")})

@@ -5,36 +5,38 @@ Used to check checkpoints (ours and other tools') against plain fp32 models; not
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
 import torch
 
-from camelid.checkpoint import open_checkpoint
-from camelid.quant.pack import dequantize
+from camelid.checkpoint.source import open_checkpoint
+from camelid.errors import CheckpointError
+from camelid.formats.gptq.config import read_config
+from camelid.formats.gptq.pack import dequantize
 
 
-def dequantized_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def dequantized_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ckpt = open_checkpoint(path)
-    qcfg = ckpt.config.get("quantization_config") or json.loads((Path(path) / "quantize_config.json").read_text())
-    bits = qcfg["bits"]
-    v1 = qcfg.get("checkpoint_format", qcfg.get("format", "gptq")) != "gptq_v2"
+    qcfg = read_config(ckpt.dir)
+    if qcfg is None:
+        raise CheckpointError(f"{ckpt.dir}: not a GPTQ checkpoint (no quantization config)")
     state = {}
     for name in ckpt.tensors:
         if name.endswith(".qweight"):
             p = name[: -len(".qweight")]
             state[p + ".weight"] = dequantize(ckpt.read(p + ".qweight"), ckpt.read(p + ".qzeros"),
-                                              ckpt.read(p + ".scales"), ckpt.read(p + ".g_idx"), bits, v1).t()
+                                              ckpt.read(p + ".scales"), ckpt.read(p + ".g_idx"), qcfg.bits,
+                                              qcfg.v1).t()
         elif not name.endswith((".qzeros", ".scales", ".g_idx")):
             state[name] = ckpt.read(name).float()
     return state
 
 
-def dense_model(path: str | Path):
+def dense_model(path: str | os.PathLike):
     """A plain transformers LlamaForCausalLM (fp32) holding the dequantized weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = json.loads((Path(path) / "config.json").read_text())
+    cfg = dict(open_checkpoint(path).config)
     cfg.pop("quantization_config", None)
     config = LlamaConfig(**cfg)
     model = LlamaForCausalLM(config).float()

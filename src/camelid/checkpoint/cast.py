@@ -11,23 +11,8 @@ import torch
 from camelid.checkpoint.output import write_model_dir
 from camelid.checkpoint.source import Checkpoint, open_checkpoint, row_slices
 from camelid.checkpoint.writer import TensorSpec
-from camelid.errors import CamelidError, CheckpointError
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    aliases = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-    try:
-        return DTYPES[aliases.get(name, name)]
-    except KeyError:
-        raise CamelidError(f"unsupported dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from camelid.dtypes import dtype_name, parse_dtype
+from camelid.errors import CheckpointError
 
 
 def with_config_dtype(config: dict, dtype: torch.dtype) -> dict:

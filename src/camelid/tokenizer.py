@@ -1,4 +1,5 @@
-"""A SentencePiece ("slow") Llama tokenizer for Transformers 5, which only ships the `tokenizers` one.
+"""A model folder's tokenizer (`load_tokenizer`, shared by quantization, inference and evaluation), and a
+SentencePiece ("slow") Llama tokenizer for Transformers 5, which only ships the `tokenizers` one.
 
 The two differ on real inputs: SentencePiece normalizes text (e.g. collapses repeated spaces, as the
 llama2.c and Meta reference tokenizers do), while the converted `tokenizers` pipeline keeps every space.
@@ -9,12 +10,12 @@ This mirrors Transformers 4's slow `LlamaTokenizer` with `legacy=True`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.tokenization_utils_sentencepiece import SPIECE_UNDERLINE, SentencePieceBackend
 
+from camelid.checkpoint.jsonio import read_json
 from camelid.errors import CheckpointError
 
 
@@ -80,12 +81,7 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     model_dir = Path(model_dir)
     sp_file = model_dir / "tokenizer.model"
     cfg_file = model_dir / "tokenizer_config.json"
-    cfg: dict = {}
-    if cfg_file.exists():
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+    cfg = read_json(cfg_file) if cfg_file.exists() else {}
     cls = str(cfg.get("tokenizer_class") or "LlamaTokenizer")
     # A folder that ships tokenizer.json was published (and verified, e.g. CodeLlama-70B's model card) with
     # the fast tokenizer, whose added tokens behave differently (no dummy-prefix "▁" after `<step>`): use it.

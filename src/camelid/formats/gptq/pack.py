@@ -100,7 +100,8 @@ def unpack_qzeros(qzeros: torch.Tensor, bits: int, v1: bool = True) -> torch.Ten
 
 
 def default_g_idx(in_features: int, group_size: int) -> torch.Tensor:
-    gs = in_features if group_size in (-1, 0) else group_size
+    """g_idx of a checkpoint without act order: input i is in group i // group_size (-1: one group)."""
+    gs = in_features if group_size == -1 else group_size
     return (torch.arange(in_features, dtype=torch.int32) // gs).to(torch.int32)
 
 
