@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from camelid.chat import TEMPLATES, apply_template, render_template
+from camelid.chat import TEMPLATES, apply_template, prompt_ids, render_template, resolve_template
 from camelid.errors import CamelidError
 
 DIALOG = [
@@ -175,3 +175,28 @@ def test_bad_input(llama2):
         render_template(llama2, [{"role": "robot", "content": "x"}], "tulu")
     with pytest.raises(CamelidError, match="at least one"):
         render_template(llama2, [], "tulu")
+
+
+def test_resolve_template_one_policy(llama2, codellama70b):
+    """CLI, server and eval decide the template here: a name or Jinja as given, "none", or the model's own."""
+    assert resolve_template(llama2, "tulu") == "tulu" and resolve_template(llama2, "none") is None
+    assert resolve_template(llama2, None) is None  # no chat_template of its own: raw prompts
+    jinja = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert resolve_template(llama2, jinja) == jinja
+    llama2.chat_template = HF_TULU2
+    try:
+        assert resolve_template(llama2, None) == HF_TULU2
+        assert resolve_template(llama2, "none") is None  # "none" overrides the model's own
+        own = resolve_template(llama2, None)
+        assert prompt_ids(llama2, DIALOG[1:2], own) == apply_template(llama2, DIALOG[1:2])
+    finally:
+        llama2.chat_template = None
+    with pytest.raises(CamelidError, match="unknown template 'nope'; known: none, tulu"):
+        resolve_template(llama2, "nope")
+    with pytest.raises(CamelidError, match="<step>"):  # checked against the tokenizer up front
+        resolve_template(llama2, "codellama-70b-instruct")
+    assert resolve_template(codellama70b, "codellama-70b-instruct") == "codellama-70b-instruct"
+    # No template: the last message's text as the tokenizer encodes it (BOS added); a system turn is refused.
+    assert prompt_ids(llama2, [{"role": "user", "content": "Hi there"}], None) == llama2("Hi there")["input_ids"]
+    with pytest.raises(CamelidError, match="system message needs a template"):
+        prompt_ids(llama2, DIALOG, None)

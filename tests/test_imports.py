@@ -23,7 +23,9 @@ NO_TRANSFORMERS = ("camelid", "camelid.device", "camelid.dtypes", "camelid.error
                    "camelid.checkpoint.source", "camelid.checkpoint.summary", "camelid.formats",
                    "camelid.formats.declared", "camelid.formats.gptq", "camelid.formats.gptq.config",
                    "camelid.formats.gptq.layout", "camelid.formats.gptq.pack", "camelid.formats.gptq.reader",
-                   "camelid.quant", "camelid.runtime")
+                   "camelid.quant", "camelid.runtime",
+                   # what an evaluation task needs besides a model: templates, sampling settings, stops
+                   "camelid.chat", "camelid.chat.templates", "camelid.runtime.sampling", "camelid.runtime.stops")
 
 FORK_EACH = r"""
 import importlib, json, os, sys, traceback

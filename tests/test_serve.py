@@ -261,13 +261,21 @@ def test_openai_validation_error_class(server):
                                        extra_body={"frobnicate": 1})
 
 
-def test_chat_without_template_is_template_error(served):
-    bare = load_for_serving(str(STORIES))
+@pytest.mark.parametrize("template", [None, "none"])
+def test_chat_without_template_is_template_error(served, tmp_path, template):
+    # stories260K has no chat_template; with one of its own, `--template none` still means none.
+    import shutil
+
+    shutil.copytree(STORIES, tmp_path / "m")
+    if template == "none":
+        (tmp_path / "m" / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    bare = load_for_serving(str(tmp_path / "m"), template=template)
     bare.model = served.model  # share weights; only the template differs
     with live_server(bare, max_input_tokens=64, max_total_tokens=256) as (base, _):
         status, out = request(base + "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
         assert status == 422 and out["error"]["type"] == "template_error"
         assert "no chat_template" in out["error"]["message"]
+        assert request(base + "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})[0] == 200
 
 
 # --- concurrency, cancellation, auth ----------------------------------------------------------------------
@@ -342,9 +350,9 @@ def test_concurrent_requests_share_the_batch_and_match_alone(served):
         results, sizes = {}, []
         stop = threading.Event()
 
-        def sample_batch_size():
+        def sample_batch_size():  # the scheduler's own gauge of its running batch
             while not stop.is_set():
-                sizes.append(len(state.scheduler._running))
+                sizes.append(_gauge(state.metrics.render(), "tgi_batch_current_size"))
                 time.sleep(0.002)
 
         def run(p):
@@ -361,6 +369,11 @@ def test_concurrent_requests_share_the_batch_and_match_alone(served):
         sampler.join()
         assert results == refs
         assert max(sizes) >= 2  # they really were decoded together
+
+
+def _gauge(text: bytes, name: str) -> float:
+    line = next(ln for ln in text.decode().splitlines() if ln.startswith(name + " "))
+    return float(line.split()[1])
 
 
 def test_api_key(served):

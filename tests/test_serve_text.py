@@ -1,9 +1,9 @@
-"""Text plumbing of the server: incremental detokenization and stop-sequence hold-back in streams."""
+"""Text plumbing shared by the server and `camelid generate`: incremental detokenization and stop matching."""
 
 from __future__ import annotations
 
 from camelid.runtime.detokenize import TextStream, decode_generated
-from camelid.serve.openai_api import StopTrimmer
+from camelid.runtime.stops import StopMatcher, Stops, cut_at_stop
 from camelid.tokenizer import load_tokenizer
 from tests.serve_helpers import STORIES
 
@@ -18,12 +18,26 @@ def test_token_texts_join_to_the_decoded_text():
     assert pieces[0].startswith(" ")  # SentencePiece's leading space survives token-by-token decoding
 
 
-def test_stop_trimmer_holds_back_possible_stops_only():
-    t = StopTrimmer(["<|user|>"])
-    assert t.push("Hello <|", last=False) == "Hello "
-    assert t.push("us", last=False) == ""
-    assert t.push("ed it", last=True) == "<|used it"  # not a stop after all: released
-    t = StopTrimmer(["<|user|>"])
-    assert t.push("Bye\n<|us", last=False) == "Bye\n"
-    assert t.push("er|> more", last=False) == ""  # the stop itself is never sent
-    assert t.stopped and t.push("later", last=True) == ""
+def test_stop_matcher_holds_back_possible_stops_only():
+    m = StopMatcher(Stops.of(strings=["<|user|>"]))
+    assert m.push(5, "Hello <|") == "Hello "
+    assert m.push(6, "us") == ""
+    assert m.push(7, "ed it") == "<|used it"  # not a stop after all: released
+    assert m.reason is None and m.flush() == ""
+    m = StopMatcher(Stops.of(strings=["<|user|>"]))
+    assert m.push(5, "Bye\n<|us") == "Bye\n"
+    assert m.push(6, "er|> more") == ""  # the stop itself is never sent
+    assert m.reason == "stop_sequence" and m.push(7, "later") == "" and m.flush() == ""
+
+
+def test_stop_matcher_earliest_stop_eos_and_flush():
+    # Of two stop strings the earliest in the text wins, even when both complete in the same piece.
+    m = StopMatcher(Stops.of(strings=["c d", "b"]))
+    assert m.push(1, "a ") == "a " and m.push(2, "b c d e") == ""
+    assert m.reason == "stop_sequence" and m.text.startswith("a b")
+    # A partial match is released when the sequence ends by EOS or by length.
+    m = StopMatcher(Stops.of(eos_ids={2}, strings=["###"]))
+    assert m.push(1, "x #") == "x " and m.push(2, "</s>") == "#" and m.reason == "eos_token"
+    m = StopMatcher(Stops.of(strings=["###", ""]))  # an empty stop string never matches
+    assert m.push(1, "y ##") == "y " and m.flush() == "##" and m.reason is None
+    assert cut_at_stop("one. two. three", [".", " t"]) == "one" and cut_at_stop("abc", ["", "z"]) == "abc"

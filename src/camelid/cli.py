@@ -196,11 +196,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default="auto", help="quantized matmul kernel (see `camelid info`)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+def _add_template_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None,
-                   help="prompt template name (camelid chat templates: tulu, codellama-70b-instruct, llama-2-chat, "
-                        "alpaca, vicuna, chatml), or 'none' for the raw prompt; default: the model's own "
-                        "chat_template if it has one")
+                   help="prompt template: a camelid chat template (tulu, codellama-70b-instruct, llama-2-chat, "
+                        "alpaca, vicuna, chatml), Jinja source, or 'none' for raw prompts; default: the model's "
+                        "own chat_template if it has one, else none")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    _add_template_arg(p)
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
@@ -211,40 +215,34 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _chat_session(args, need_template: bool = False):
-    """(model, tokenizer, ids_for(messages), stop strings, sampling params, eos ids) for generate/chat."""
-    from camelid.chat import TEMPLATES, apply_template, stop_strings
-    from camelid.runtime.generate import SamplingParams, eos_token_ids
+    """(model, tokenizer, ids_for(messages), sampler, stops) for generate/chat."""
+    from camelid.chat import TEMPLATES, prompt_ids, resolve_template, stop_strings
+    from camelid.runtime.sampling import Sampler, SamplingParams
+    from camelid.runtime.stops import Stops, eos_token_ids
 
-    params = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
-    if args.template not in (None, "none") and args.template not in TEMPLATES:
-        raise CamelidError(f"unknown template {args.template!r}; known: none, {', '.join(TEMPLATES)}")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed)
     model, tok = _load_model(args)
-    template = args.template
-    if template is None and not getattr(tok, "chat_template", None):
-        template = "none"
-    if need_template and template == "none":
+    template = resolve_template(tok, args.template)
+    if need_template and template is None:
         raise CamelidError(f"chat needs a prompt template and {args.model} has no chat_template; "
                            f"pass --template, one of: {', '.join(TEMPLATES)}")
 
     def ids_for(messages: list[dict]) -> list[int]:
-        if template == "none":  # raw continuation of the text (BOS as the tokenizer adds it)
-            if args.system is not None:
-                raise CamelidError("--system needs a template (--template NAME)")
-            return tok(messages[-1]["content"])["input_ids"]
         system = [{"role": "system", "content": args.system}] if args.system is not None else []
-        return apply_template(tok, system + messages, template)
+        return prompt_ids(tok, system + messages, template)
 
-    stop = stop_strings(template)
-    return model, tok, ids_for, stop, params, eos_token_ids(model, tok)
+    # One sampler for the session: a chat's turns continue one seeded random stream.
+    sampler = Sampler(params, next(model.parameters()).device)
+    return model, tok, ids_for, sampler, Stops.of(eos_token_ids(model, tok), stop_strings(template))
 
 
 def _cmd_generate(args) -> int:
-    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+    from camelid.runtime.generate import generate_ids, stream_text
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args)
+    model, tok, ids_for, sampler, stops = _chat_session(args)
     ids = ids_for([{"role": "user", "content": args.prompt}])
-    gen = make_generator(next(model.parameters()).device, args.seed)
-    pieces = stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop)
+    pieces = stream_text(tok, generate_ids(model, ids, args.max_new_tokens, sampler), stops)
     if args.stream:
         for piece in pieces:
             print(piece, end="", flush=True)
@@ -255,10 +253,9 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from camelid.runtime.generate import generate_ids, make_generator, stream_text
+    from camelid.runtime.generate import generate_ids, stream_text
 
-    model, tok, ids_for, stop, params, eos = _chat_session(args, need_template=True)
-    gen = make_generator(next(model.parameters()).device, args.seed)
+    model, tok, ids_for, sampler, stops = _chat_session(args, need_template=True)
     messages: list[dict] = []
     interactive = sys.stdin.isatty()
     print("camelid chat: empty line or Ctrl-D to quit, /reset to forget the conversation", file=sys.stderr)
@@ -275,7 +272,7 @@ def _cmd_chat(args) -> int:
         try:
             ids = ids_for(messages)
             reply = []
-            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, params, gen, eos), stop):
+            for piece in stream_text(tok, generate_ids(model, ids, args.max_new_tokens, sampler), stops):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except CamelidError as e:  # e.g. the conversation outgrew the context: keep the session alive
@@ -443,7 +440,7 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (TGI- and OpenAI-compatible routes)")
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("--revision", default=None)
-    p.add_argument("--template", default=None, help="chat template: a camelid.chat name (tulu, chatml, ...) or Jinja")
+    _add_template_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)

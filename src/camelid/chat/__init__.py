@@ -3,6 +3,6 @@
 from camelid._lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "templates": ("TEMPLATES", "PromptTemplate", "apply_template", "render_template", "stop_strings",
-                  "template_source"),
+    "templates": ("NO_TEMPLATE", "TEMPLATES", "PromptTemplate", "apply_template", "no_template_error",
+                  "prompt_ids", "render_template", "resolve_template", "stop_strings", "template_source"),
 })

@@ -134,15 +134,57 @@ def template_source(tokenizer, template: str | None = None) -> str:
         if isinstance(own, dict):  # several named templates: transformers uses "default"
             own = own.get("default")
         if not own:
-            raise CamelidError(
-                "this model has no chat_template; pass a template name: " + ", ".join(TEMPLATES)
-            )
+            raise no_template_error()
         return own
     if template in TEMPLATES:
         return TEMPLATES[template].source
     if "{{" in template or "{%" in template:
         return template
     raise CamelidError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)} (or Jinja source)")
+
+
+NO_TEMPLATE = "none"
+
+
+def resolve_template(tokenizer, template: str | None = None) -> str | None:
+    """The one template policy of `camelid generate`/`chat`, `camelid serve` and evaluation.
+
+    `template` is a registry name, Jinja source, "none" (no template: the prompt is fed as raw text) or None
+    (the model's own chat_template if it has one, else none). Returns what to render with: a registry name,
+    Jinja source, or None for no template. A named or Jinja template is rendered once on a probe message, so
+    an unknown name, broken Jinja or a template needing tokens this tokenizer lacks fails here, at start-up,
+    not on the first request.
+    """
+    if template == NO_TEMPLATE:
+        return None
+    if template is None:
+        try:
+            return template_source(tokenizer)
+        except CamelidError:  # no chat_template of its own: raw prompts
+            return None
+    if template not in TEMPLATES and "{{" not in template and "{%" not in template:
+        raise CamelidError(
+            f"unknown template {template!r}; known: {NO_TEMPLATE}, {', '.join(TEMPLATES)} (or Jinja source)"
+        )
+    render_template(tokenizer, [{"role": "user", "content": "probe"}], template)
+    return template
+
+
+def no_template_error(model: object = "this model") -> CamelidError:
+    """A conversation was given to a model that has no template (none of its own, or "none" was asked for)."""
+    return CamelidError(f"{model} has no chat_template; pass a template name: {', '.join(TEMPLATES)}")
+
+
+def prompt_ids(tokenizer, messages: Sequence[dict], template: str | None) -> list[int]:
+    """The ids fed to the model for `messages` under a resolved `template` (see `resolve_template`). Without a
+    template the prompt is the last message's text, tokenized as the tokenizer does by default (BOS included
+    where it adds one); a system message then has nowhere to go and is refused."""
+    if template is not None:
+        return apply_template(tokenizer, messages, template)
+    messages = _check_messages(messages)
+    if any(m["role"] == "system" for m in messages):
+        raise CamelidError("a system message needs a template (--template NAME)")
+    return list(tokenizer(messages[-1]["content"])["input_ids"])
 
 
 def stop_strings(template: str | None) -> tuple[str, ...]:

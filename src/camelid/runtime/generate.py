@@ -1,9 +1,8 @@
-"""Token sampling and a streaming generate loop over a Transformers causal LM with a KV cache.
+"""Generate loops over a Transformers causal LM with a KV cache: one streamed sequence (`camelid generate`/`chat`)
+and a batch of prompts (evaluation).
 
-`sample_next` is a plain function over tensors (logits, the ids so far, a seeded `torch.Generator`) so a
-server can sample each request of a continuous batch on its own. Its processors follow Hugging Face
-`generate` and TGI, in their order: repetition penalty (over prompt and generated ids), then temperature,
-top-k, top-p. Temperature 0 is greedy (argmax after the repetition penalty).
+Both choose tokens with `camelid.runtime.sampling.Sampler` and end with `camelid.runtime.stops.StopMatcher`,
+as the server's scheduler does; the batch uses the server's left-padded `camelid.runtime.batch`.
 """
 
 from __future__ import annotations
@@ -12,145 +11,112 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from camelid.errors import CamelidError
+from camelid.runtime import batch as B
 from camelid.runtime.detokenize import TextStream
+from camelid.runtime.sampling import Sampler, SamplingParams
+from camelid.runtime.stops import NO_STOPS, StopMatcher, Stops
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0  # 1 = off
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off; HF/TGI (CTRL paper) semantics
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise CamelidError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise CamelidError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise CamelidError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise CamelidError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """HF `RepetitionPenaltyLogitsProcessor`: each seen token's logit is divided by `penalty` if positive,
-    multiplied if negative (once per token, however often it was seen)."""
-    if penalty == 1.0 or prev_ids.numel() == 0:
-        return logits
-    seen = logits.gather(-1, prev_ids)
-    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return logits.scatter(-1, prev_ids, seen)
-
-
-def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """HF `TopPLogitsWarper`: drop the least likely tokens whose total probability is <= 1 - p (keep >= 1)."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop = cum <= 1 - p
-    drop[..., -1] = False
-    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-
-
-def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-                prev_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """The next token id(s) from `logits` ([V] or [B, V]); `prev_ids` ([T] or [B, T]) feed the repetition
-    penalty. Deterministic for a given generator state."""
-    logits = logits.float()
-    if prev_ids is not None:
-        logits = apply_repetition_penalty(logits, prev_ids.to(logits.device, torch.long), params.repetition_penalty)
-    if params.greedy:
-        return logits.argmax(dim=-1)
-    logits = apply_top_p(apply_top_k(logits / params.temperature, params.top_k), params.top_p)
-    probs = logits.softmax(dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-
-
-def make_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """EOS ids from the tokenizer and the model's generation_config (which may list several)."""
-    ids = set()
-    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(source)
-    return ids
+def _budget(model, input_ids: Sequence[int], max_new_tokens: int) -> int:
+    """`max_new_tokens`, cut to the model's position limit; refuses a prompt that leaves no room."""
+    if not input_ids:
+        raise CamelidError("empty prompt: nothing to condition on (the tokenizer added no BOS)")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return max_new_tokens
+    if len(input_ids) >= limit:
+        raise CamelidError(f"prompt has {len(input_ids)} tokens; the model takes at most {limit}")
+    return min(max_new_tokens, limit - len(input_ids))
 
 
 @torch.inference_mode()
-def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
-                 generator: torch.Generator | None = None, eos_ids: Iterable[int] = ()) -> Iterator[int]:
-    """Yield new token ids one by one: prefill once, then one cached decode step per token. Stops after
-    `max_new_tokens`, at an EOS id (not yielded) or at the model's position limit."""
-    if not input_ids:
-        raise CamelidError("empty prompt: nothing to condition on (the tokenizer added no BOS)")
+def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, sampler: Sampler) -> Iterator[int]:
+    """Yield new token ids one by one: prefill once, then one cached decode step per token, until
+    `max_new_tokens` or the model's position limit. The caller decides on EOS and stop strings: the next
+    step runs only when it asks for the next id."""
+    max_new_tokens = _budget(model, input_ids, max_new_tokens)
     device = next(model.parameters()).device
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None:
-        if len(input_ids) >= limit:
-            raise CamelidError(f"prompt has {len(input_ids)} tokens; the model takes at most {limit}")
-        max_new_tokens = min(max_new_tokens, limit - len(input_ids))
-    eos_ids = set(eos_ids)
     seen = torch.tensor(list(input_ids), dtype=torch.long, device=device)
-    out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1)  # prefill: last position's logits only
+    cache = DynamicCache(config=model.config)  # what the model makes itself without one; filled in place
+    kv = {B.cache_kwarg(model): cache}
+    out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1, **kv)  # prefill: last position only
     for _ in range(max_new_tokens):
-        token = sample_next(out.logits[0, -1], params, generator, seen)
-        tok = int(token)
-        if tok in eos_ids:
-            return
+        history = seen if sampler.params.needs_history else None
+        tok = sampler.choose(out.logits[0, -1], history).token_id
         yield tok
-        seen = torch.cat([seen, token.view(1)])
-        out = model(input_ids=token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+        token = torch.tensor([tok], dtype=torch.long, device=device)
+        seen = torch.cat([seen, token])
+        out = model(input_ids=token.view(1, 1), use_cache=True, **kv)
 
 
-def stream_text(tokenizer, ids: Iterable[int], stop: Sequence[str] = ()) -> Iterator[str]:
-    """Turn a token stream into text deltas, ending at the first stop string (not emitted).
+def stream_text(tokenizer, ids: Iterable[int], stops: Stops = NO_STOPS) -> Iterator[str]:
+    """Turn a token stream into text deltas, ending at an EOS id or the first stop string (neither emitted).
 
-    Decoding is incremental as in TGI (`TextStream`). Text that could still become a stop string is held
-    back until it is decided.
+    Decoding is incremental as in TGI (`TextStream`); text that could still become a stop string is held back
+    until it is decided (`StopMatcher`). No more ids are drawn from `ids` once the sequence has ended.
     """
-    stream = TextStream(tokenizer, skip_special_tokens=True)
-    text, sent = "", 0
+    text, matcher = TextStream(tokenizer, skip_special_tokens=True), StopMatcher(stops)
     for tok in ids:
-        piece = stream.push(tok)
-        if not piece:
-            continue  # nothing printable yet (e.g. half of a multi-byte character)
-        text += piece
-        cuts = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
-        if cuts:
-            if min(cuts) > sent:
-                yield text[sent:min(cuts)]
+        piece = matcher.push(tok, text.push(tok))
+        if piece:
+            yield piece
+        if matcher.reason is not None:
             return
-        # Keep back the longest suffix that is a prefix of a stop string.
-        partial = [n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])]
-        hold = len(text) - max(partial, default=0)
-        if hold > sent:
-            yield text[sent:hold]
-            sent = hold
-    if len(text) > sent:
-        yield text[sent:]
+    if tail := matcher.flush():
+        yield tail
+
+
+@dataclass(frozen=True)
+class Completion:
+    ids: list[int]  # generated ids; the EOS that ended the sequence is not included
+    text: str  # generated text (special tokens skipped), cut before the first stop string
+    finish_reason: str  # "length" | "eos_token" | "stop_sequence"
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams, stops: Stops = NO_STOPS,
+             max_new_tokens: int = 256) -> list[Completion]:
+    """Complete every prompt (token ids) in one left-padded batch; finished rows leave between decode steps.
+
+    Each row samples with its own generator seeded from `params.seed`, so a completion does not depend on
+    which other prompts share the batch, and the caller may split a long list into batches as memory allows.
+    (Padding changes matmul shapes, so a padded row can differ from `generate_ids` alone by float rounding;
+    on the fp32 test model they are equal.) Text keeps the first token's leading space, as the prompt's
+    continuation (`TextStream` with the prompt as context).
+    """
+    if not prompts:
+        return []
+    budgets = [_budget(model, p, max_new_tokens) for p in prompts]
+    device = next(model.parameters()).device
+    samplers = [Sampler(params, device) for _ in prompts]
+    texts = [TextStream(tokenizer, list(p), skip_special_tokens=True) for p in prompts]
+    matchers = [StopMatcher(stops) for _ in prompts]
+    ids: list[list[int]] = [[] for _ in prompts]
+    shown = [""] * len(prompts)
+    reasons: list[str | None] = [None] * len(prompts)
+    batch, logits = B.prefill(model, [list(p) for p in prompts])
+    logits, rows = logits[:, -1, :], list(range(len(prompts)))
+    while True:
+        chosen = []
+        for i, row in enumerate(rows):
+            history = None
+            if params.needs_history:
+                history = torch.tensor(list(prompts[row]) + ids[row], device=device)
+            tok = samplers[row].choose(logits[i], history).token_id
+            chosen.append(tok)
+            shown[row] += matchers[row].push(tok, texts[row].push(tok))
+            reasons[row] = matchers[row].reason
+            if reasons[row] != "eos_token":
+                ids[row].append(tok)
+            if reasons[row] is None and len(ids[row]) >= budgets[row]:
+                reasons[row] = "length"
+                shown[row] += matchers[row].flush()
+        batch.next_tokens = torch.tensor(chosen, device=batch.next_tokens.device)
+        alive = [i for i, row in enumerate(rows) if reasons[row] is None]
+        batch, rows = B.keep(batch, alive), [rows[i] for i in alive]
+        if batch is None:
+            return [Completion(i, t, r) for i, t, r in zip(ids, shown, reasons, strict=True)]
+        logits = B.decode_step(model, batch)

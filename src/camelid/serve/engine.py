@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from camelid.chat import apply_template, render_template, stop_strings
+from camelid.chat import apply_template, no_template_error, resolve_template, stop_strings
 from camelid.errors import CamelidError
 
 
@@ -27,9 +27,9 @@ class ServedModel:
     tokenizer: Any
     model_id: str
     revision: str | None
-    eos_token_ids: set[int]
+    eos_token_ids: frozenset[int]
     max_position_embeddings: int
-    template: str | None = None  # --template: a camelid.chat registry name or Jinja; None = the model's own
+    template: str | None = None  # resolved (camelid.chat.resolve_template): a registry name or Jinja; None = none
 
     @property
     def device(self) -> torch.device:
@@ -45,17 +45,14 @@ def load_for_serving(
 ) -> ServedModel:
     """Load `model` (folder or Hub repo, GPTQ or not) with `camelid.load` for serving.
 
-    `template` is a camelid.chat registry name or Jinja source; None means the model's own chat_template
-    (checked when a chat request arrives, so a model without one still serves /generate).
+    `template` is resolved as for `camelid generate` (`camelid.chat.resolve_template`): a registry name, Jinja,
+    "none", or None for the model's own chat_template if it has one. Without a template the model still
+    serves /generate and /v1/completions; chat requests get a 422.
     """
-    from camelid.runtime.generate import eos_token_ids
     from camelid.runtime.load import load
+    from camelid.runtime.stops import eos_token_ids
 
     lm, tokenizer = load(model, revision=revision, device=device, dtype=dtype)
-    if template is not None:
-        # An unknown name, broken Jinja or a template needing tokens this tokenizer lacks fails now, at start-up,
-        # not as a 422 on every chat request.
-        render_template(tokenizer, [{"role": "user", "content": "probe"}], template)
     return ServedModel(
         model=lm,
         tokenizer=tokenizer,
@@ -63,13 +60,15 @@ def load_for_serving(
         revision=revision,
         eos_token_ids=eos_token_ids(lm, tokenizer),
         max_position_embeddings=int(getattr(lm.config, "max_position_embeddings", 2048)),
-        template=template,
+        template=resolve_template(tokenizer, template),
     )
 
 
 def render_chat(served: ServedModel, messages: list[dict]) -> list[int]:
     """Token ids of `messages` in the served template, ending with the assistant header."""
     try:
+        if served.template is None:
+            raise no_template_error()
         return apply_template(served.tokenizer, messages, served.template)
     except CamelidError as e:  # no template, or the template refuses this conversation: the client's 422
         raise TemplateError(str(e)) from e

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid import __version__
+from camelid.runtime.stops import StopMatcher, Stops, cut_at_stop
 from camelid.serve.engine import chat_stop_strings, render_chat
 from camelid.serve.gateway import (
     EventStream,
@@ -111,35 +112,6 @@ def to_generation(req: _Sampling, input_ids: list[int], max_tokens: int | None, 
     return GenerationRequest(input_ids, sampling, max_new, stop, top_n_tokens=top_n)
 
 
-def _cut_stop(text: str, stop: list[str]) -> str:
-    cuts = [text.find(s) for s in stop if s and s in text]
-    return text[: min(cuts)] if cuts else text
-
-
-class StopTrimmer:
-    """Streams text without ever sending a stop sequence: text that could still become one is held back,
-    so a stream joins to exactly the non-streamed answer."""
-
-    def __init__(self, stop: list[str]) -> None:
-        self.stop = [s for s in stop if s]
-        self.held = ""
-        self.stopped = False
-
-    def push(self, text: str, last: bool) -> str:
-        if self.stopped:
-            return ""
-        self.held += text
-        if any(s in self.held for s in self.stop):
-            self.stopped = True
-            out, self.held = _cut_stop(self.held, self.stop), ""
-            return out
-        keep = 0 if last else max(
-            (k for s in self.stop for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0
-        )
-        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
-        return out
-
-
 def add_routes(app: FastAPI, state: ServerState) -> None:
     served = state.served
 
@@ -196,7 +168,7 @@ async def _respond(state: ServerState, request: Request, req: _Sampling, gen: Ge
         if not tokens or tokens[-1].done is None:
             return JSONResponse({}, status_code=499)  # the client is gone
         done = tokens[-1].done
-        text = _cut_stop(done.generated_text, gen.stop)
+        text = cut_at_stop(done.generated_text, gen.stop)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
             choice["logprobs"] = {"content": [_logprob(t) for t in tokens]} if gen.top_n_tokens or req.logprobs else None
@@ -225,14 +197,17 @@ def _logprob(t: Token) -> dict:
 
 async def _stream(state, request, req: _Sampling, gen: GenerationRequest, chat: bool, meta: dict, permit: Permit):
     kind = "chat.completion.chunk" if chat else "text_completion"
-    trimmer = StopTrimmer(gen.stop)
+    # Stop strings are cut from the text; what could still become one is held back (TGI sends them).
+    stops = StopMatcher(Stops.of(strings=gen.stop))
     try:
         first = True
         async for event in run_sequence(state, request, gen):
             if isinstance(event, Failed):
                 yield sse({"error": {"message": event.message, "http_status_code": 424}}, space=True)
                 return
-            text = trimmer.push("" if event.special else event.text, last=event.done is not None)
+            text = stops.push(event.id, "" if event.special else event.text)
+            if event.done is not None:
+                text += stops.flush()
             finish = FINISH[event.done.finish_reason] if event.done else None
             if chat:
                 delta = {"role": "assistant", "content": text} if first else {"content": text}

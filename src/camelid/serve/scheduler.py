@@ -3,7 +3,8 @@ between steps.
 
 Each step: drop cancelled sequences, prefill waiting ones (alone, within --max-batch-prefill-tokens) and
 join them to the batch, then one batched decode step for every row. Events for a sequence go to its
-`sink` (a thread-safe callable); the HTTP layer turns them into JSON or SSE.
+`sink` (a thread-safe callable); the HTTP layer turns them into JSON or SSE. Tokens are chosen and
+sequences ended by camelid.runtime's `Sampler` and `StopMatcher`, the same as for `camelid generate`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from camelid.runtime import batch as B
 from camelid.runtime.detokenize import TextStream, decode_generated
-from camelid.serve import batch as B
+from camelid.runtime.sampling import Sampler
+from camelid.runtime.stops import StopMatcher, Stops
 from camelid.serve.engine import ServedModel
 from camelid.serve.metrics import Metrics
-from camelid.serve.sampling import TokenChooser, prefill_logprobs
 from camelid.serve.validation import GenerationRequest
 
 log = logging.getLogger("camelid.serve")
@@ -70,9 +72,9 @@ class Sequence:
     sink: Callable[[Event], None]
     cancelled: bool = False  # set by the HTTP layer (client gone); the scheduler drops it before the next step
     generated: list[int] = field(default_factory=list)
-    chooser: TokenChooser | None = None
+    sampler: Sampler | None = None
     text: TextStream | None = None
-    output: str = ""
+    stops: StopMatcher | None = None
     finished: bool = False
 
     def cancel(self) -> None:
@@ -190,8 +192,9 @@ class Scheduler:
     def _prefill(self, seqs: list[Sequence]) -> None:
         t0 = time.perf_counter()
         for seq in seqs:
-            seq.chooser = TokenChooser(seq.request.sampling, device=self.served.device)
+            seq.sampler = Sampler(seq.request.sampling, device=self.served.device)
             seq.text = TextStream(self.served.tokenizer, seq.request.input_ids)
+            seq.stops = StopMatcher(Stops.of(self.served.eos_token_ids, seq.request.stop))
         details = seqs[0].request.decoder_input_details  # then it is alone (see _step)
         batch, logits = B.prefill(self.served.model, [s.request.input_ids for s in seqs], all_logits=details)
         self.metrics.step.labels("prefill").observe(time.perf_counter() - t0)
@@ -223,27 +226,24 @@ class Scheduler:
         """Choose the next token of `seq`, send it, and decide whether the sequence is done."""
         req = seq.request
         history = None
-        if seq.chooser.needs_history:
+        if req.sampling.needs_history:
             history = torch.tensor([req.input_ids + seq.generated], device=logits.device)
-        choice = seq.chooser.choose(history, logits, req.top_n_tokens)
+        choice = seq.sampler.choose(logits, history, req.top_n_tokens)
         seq.generated.append(choice.token_id)
         self.metrics.generated.inc()
         text = seq.text.push(choice.token_id)
-        seq.output += text
         tok = self.served.tokenizer
         top = [(i, tok.decode([i]), lp) for i, lp in choice.top]
         event = Token(choice.token_id, text, choice.logprob, choice.token_id in self._special, top)
-        reason = None
-        if choice.token_id in self.served.eos_token_ids:
-            reason = "eos_token"
-        elif any(stop in seq.output[-(len(stop) + len(text)) :] for stop in req.stop if stop):
-            reason = "stop_sequence"
-        elif len(seq.generated) >= req.max_new_tokens:
+        # TGI streams every token's own text, the stop string included: only the decision is taken here.
+        seq.stops.push(choice.token_id, text)
+        reason = seq.stops.reason
+        if reason is None and len(seq.generated) >= req.max_new_tokens:
             reason = "length"
         if reason is not None:
             seq.finished = True
             generated_text = decode_generated(tok, req.input_ids, seq.generated)
-            seed = req.sampling.seed if req.sampling.sampling else None
+            seed = None if req.sampling.greedy else req.sampling.seed
             event.done = Done(reason, generated_text, len(seq.generated), seed, len(req.input_ids))
         seq.sink(event)
 
@@ -260,3 +260,10 @@ class Scheduler:
         self.metrics.batch_size.set(len(self._running))
         self.metrics.queue_size.set(len(self._waiting))
         self.metrics.in_batch.set(self.held())
+
+
+def prefill_logprobs(input_ids: torch.Tensor, logits: torch.Tensor) -> list[float | None]:
+    """Log-probability of each prompt token given the ones before it (the first has none)."""
+    logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+    picked = logprobs.gather(1, input_ids[0, 1:, None])[:, 0]
+    return [None] + [float(x) for x in picked]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.errors import CamelidError
+from camelid.runtime.sampling import SamplingParams
 
 
 class ValidationError(CamelidError):
@@ -21,29 +22,6 @@ class ValidationError(CamelidError):
 
 
 # --- what the scheduler runs ---------------------------------------------------------------------------
-
-
-@dataclass
-class SamplingParams:
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    seed: int = 0
-
-    @property
-    def sampling(self) -> bool:
-        # TGI's server samples whenever a warper is active, whatever do_sample says (utils/tokens.py).
-        return (
-            self.do_sample
-            or self.temperature != 1.0
-            or self.top_k != 0
-            or self.top_p < 1.0
-            or self.typical_p < 1.0
-        )
 
 
 @dataclass
@@ -138,12 +116,15 @@ def check_sampling(
         raise ValidationError("`typical_p` must be > 0.0 and < 1.0")
     if top_k is not None and top_k <= 0:
         raise ValidationError("`top_k` must be strictly positive")
+    top_k, top_p, typical_p = top_k or 0, 1.0 if top_p is None else top_p, 1.0 if typical_p is None else typical_p
+    # TGI's server samples whenever a warper is active, whatever do_sample says (utils/tokens.py); otherwise
+    # it is greedy, which camelid.runtime spells temperature 0.
+    sample = do_sample or temperature != 1.0 or top_k != 0 or top_p < 1.0 or typical_p < 1.0
     return SamplingParams(
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k or 0,
-        top_p=1.0 if top_p is None else top_p,
-        typical_p=1.0 if typical_p is None else typical_p,
+        temperature=temperature if sample else 0.0,
+        top_k=top_k,
+        top_p=top_p,
+        typical_p=typical_p,
         repetition_penalty=repetition_penalty,
         frequency_penalty=frequency_penalty,
         seed=random.getrandbits(63) if seed is None else seed,

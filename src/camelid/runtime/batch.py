@@ -1,4 +1,5 @@
-"""The running batch as tensors: each sequence's KV cache left-padded into one DynamicCache.
+"""The running batch as tensors: each sequence's KV cache left-padded into one DynamicCache (the server's
+continuous batch and `camelid.runtime.generate.generate`'s batch of prompts).
 
 Sequences join (`join`) after their own prefill and leave (`keep`) between decode steps. Left padding
 keeps every row's newest token in the last column, so one forward with an attention mask and explicit
@@ -7,7 +8,9 @@ position ids advances all rows by one token, exactly as `generate` does for a le
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,18 @@ class Batch:
     @property
     def width(self) -> int:
         return int(self.mask.shape[1])
+
+
+def cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache: Transformers renamed `past_key_values` to `cache` (the old name
+    warns on every call; `deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")` in
+    models/llama/modeling_llama.py); older releases know only `past_key_values`."""
+    return _cache_kwarg(type(model))
+
+
+@cache
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -92,8 +107,8 @@ def decode_step(model, batch: Batch) -> torch.Tensor:
         input_ids=batch.next_tokens[:, None],
         attention_mask=batch.mask,
         position_ids=batch.positions[:, None],
-        past_key_values=batch.cache,
         use_cache=True,
+        **{cache_kwarg(model): batch.cache},
     )
     batch.positions = batch.positions + 1
     return out.logits[:, -1, :]
@@ -118,12 +133,12 @@ def prefill(model, prompts: list[list[int]], all_logits: bool = False) -> tuple[
         mask[row, width - len(prompt) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model.base_model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(), use_cache=True
-    )
+    kv = DynamicCache()  # filled in place: the output's copy of it is never read (its old name warns)
+    base = model.base_model
+    out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg(base): kv})
     hidden = out.last_hidden_state
     if not all_logits:  # a fresh [B, 1, dim] tensor with standard strides (a view keeps the long ones)
         hidden = hidden[:, -1:, :].clone(memory_format=torch.contiguous_format)
     lengths = mask.sum(1)
-    batch = Batch(out.past_key_values, mask, positions=lengths, next_tokens=torch.zeros_like(lengths))
+    batch = Batch(kv, mask, positions=lengths, next_tokens=torch.zeros_like(lengths))
     return batch, model.get_output_embeddings()(hidden)
