@@ -26,7 +26,7 @@ def camel(shared_data):
 
 @pytest.fixture(scope="module")
 def camel_server(camel):
-    from camelid.runtime.generate import eos_token_ids
+    from camelid.runtime.stops import eos_token_ids
     from camelid.serve.engine import ServedModel
 
     model, tok = camel

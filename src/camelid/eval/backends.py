@@ -7,7 +7,7 @@ tokenizer and the same rule (the tokenizer's special tokens, i.e. one BOS for LL
 extraction and scores are the same either way.
 
 - `LocalBackend`: `camelid.load`'s model. Scoring shares prefix KV caches (`camelid.eval.prefix`);
-  generation goes through `_generate_local`, the one place that calls the runtime's generation loop.
+  generation goes through `_generate_local`, the one place that calls the runtime's batch generation.
 - `RemoteBackend`: TGI `/generate` (also `camelid serve`) or OpenAI-compatible `/v1/completions` (vLLM,
   `camelid serve`). MMLU there reads the server's top-n next-token logprobs.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from camelid.errors import CamelidError
+from camelid.runtime.stops import cut_at_stop
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,6 @@ class Backend(Protocol):
         ...
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(cuts)] if cuts else text
-
-
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
@@ -64,28 +60,32 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 # --- local -----------------------------------------------------------------------------------------------
 
 
-def _generate_local(model, tokenizer, ids: list[int], gen: GenerationSettings, seed: int, eos: set[int]) -> str:
-    """One completion on today's runtime API (camelid.runtime.generate), stopped at the first stop string.
-    The text keeps the first token's leading space: it is decoded in the context of the prompt's last
-    tokens, as open-instruct's `decode(prompt + output)[len(decode(prompt)):]` does."""
-    from camelid.runtime.detokenize import TextStream
-    from camelid.runtime.generate import SamplingParams, generate_ids, make_generator
+# Prompts per call of the runtime's batch generation (each row holds its own KV cache).
+GENERATION_BATCH = 8
 
-    params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p)
-    stream = TextStream(tokenizer, ids, skip_special_tokens=True)
-    text = ""
-    generator = make_generator(next(model.parameters()).device, seed)
-    for token in generate_ids(model, ids, gen.max_new_tokens, params, generator, eos):
-        piece = stream.push(token)
-        text += piece
-        if piece and any(s in text[-(len(s) + len(piece)):] for s in gen.stop if s):
-            break
-    return cut_at_stop(text, gen.stop)
+
+def _generate_local(model, tokenizer, prompts: list[list[int]], gen: GenerationSettings, seed: int,
+                    eos: frozenset[int]) -> list[str]:
+    """Completions of token-id prompts that share one seed, by the runtime's batch generation
+    (`camelid.runtime.generate.generate`: the sampler and stop matcher `camelid serve` uses), each cut
+    before its first stop string and keeping its first token's leading space, as open-instruct's
+    `decode(prompt + output)[len(decode(prompt)):]` does."""
+    from camelid.runtime.generate import generate
+    from camelid.runtime.sampling import SamplingParams
+    from camelid.runtime.stops import Stops
+
+    params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p if gen.temperature > 0 else 1.0, seed=seed)
+    stops = Stops.of(eos, gen.stop)
+    out: list[str] = []
+    for start in range(0, len(prompts), GENERATION_BATCH):
+        done = generate(model, tokenizer, prompts[start:start + GENERATION_BATCH], params, stops, gen.max_new_tokens)
+        out += [c.text for c in done]
+    return out
 
 
 class LocalBackend:
     def __init__(self, model, tokenizer, name: str = "") -> None:
-        from camelid.runtime.generate import eos_token_ids
+        from camelid.runtime.stops import eos_token_ids
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.eos = eos_token_ids(model, tokenizer)
@@ -97,12 +97,18 @@ class LocalBackend:
                 "device": str(p.device)}
 
     def generate(self, prompts, gen, seeds):
-        out = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            ids = prompt_ids(self.tokenizer, prompt)
-            # A prompt the model cannot hold gets an empty completion (as open-instruct's vLLM path does).
-            too_long = self.context_limit is not None and len(ids) >= self.context_limit
-            out.append("" if too_long else _generate_local(self.model, self.tokenizer, ids, gen, seed, self.eos))
+        ids = [prompt_ids(self.tokenizer, p) for p in prompts]
+        out = [""] * len(prompts)
+        # A prompt the model cannot hold gets an empty completion (as open-instruct's vLLM path does); the
+        # rest are generated in batches of one seed each (a row's tokens depend on its seed only).
+        by_seed: dict[int, list[int]] = {}
+        for i, (row, seed) in enumerate(zip(ids, seeds, strict=True)):
+            if self.context_limit is None or len(row) < self.context_limit:
+                by_seed.setdefault(seed, []).append(i)
+        for seed, rows in by_seed.items():
+            texts = _generate_local(self.model, self.tokenizer, [ids[i] for i in rows], gen, seed, self.eos)
+            for i, text in zip(rows, texts, strict=True):
+                out[i] = text
         return out
 
     def candidate_logprobs(self, prompts, candidates):

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicCache
 
+from camelid.runtime.batch import cache_kwarg
+
 # Suffix tokens per forward pass (the [B, L, vocab] logits are the largest tensor).
 TOKENS_PER_BATCH = 2048
 # A batch grows while its padded size stays within this factor of its real tokens.
@@ -50,6 +52,7 @@ def next_token_logprobs(model, id_lists: Sequence[Sequence[int]], candidate_ids:
     if shared > 0:
         prefix = torch.tensor([list(id_lists[0][:shared])], device=device)
         cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+    kwarg = cache_kwarg(model)
     cand = torch.tensor(list(candidate_ids), device=device)
     out = torch.empty(len(id_lists), len(cand), dtype=torch.float32)
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
@@ -70,7 +73,8 @@ def next_token_logprobs(model, id_lists: Sequence[Sequence[int]], candidate_ids:
         # The LM head runs only at the positions some row ends at (it costs as much as the layers).
         ends = sorted({len(s) - 1 for s in suffixes})
         keep = torch.tensor(ends, device=device)
-        logits = model(input_ids=batch, past_key_values=kv, use_cache=kv is not None, logits_to_keep=keep).logits
+        cached = {} if kv is None else {kwarg: kv}
+        logits = model(input_ids=batch, use_cache=kv is not None, logits_to_keep=keep, **cached).logits
         last = torch.tensor([ends.index(len(s) - 1) for s in suffixes], device=device)
         picked = logits[torch.arange(len(rows), device=device), last].float().log_softmax(-1)[:, cand]
         out[rows] = picked.cpu()

@@ -9,13 +9,11 @@ the tokenizer's own special tokens, locally and on a server alike.
 
 from __future__ import annotations
 
-from camelid.chat import render_template
-
-NO_TEMPLATE = (None, "none")
+from camelid.chat import NO_TEMPLATE, render_template
 
 
 def is_chat(template: str | None) -> bool:
-    return template not in NO_TEMPLATE
+    return template is not None and template != NO_TEMPLATE
 
 
 def task_template(settings, default: str = "tulu") -> str:

@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from camelid.chat import resolve_template
 from camelid.errors import CamelidError
 from camelid.eval.data import sha256
-from camelid.eval.prompting import task_template
+from camelid.eval.prompting import is_chat, task_template
 from camelid.eval.records import PROTOCOL_VERSION, RecordStore, write_json_atomic
 from camelid.eval.settings import EvalSettings
 from camelid.eval.tasks import task_module
@@ -41,6 +42,8 @@ def run_eval(backend, data_dir: str | Path, settings: EvalSettings, out: str | P
     name = task.setting(settings)
     hashes = {str(f): sha256(f) for f in files}
     template = task_template(settings, getattr(task, "DEFAULT_TEMPLATE", "tulu"))
+    if is_chat(template):  # an unknown name or broken Jinja fails before any data is read (camelid.chat's rule)
+        resolve_template(backend.tokenizer, template)
     run_info = {"protocol": PROTOCOL_VERSION, "setting": name, "template": template, "settings": settings.as_dict(),
                 "data_files": hashes, **{k: v for k, v in backend.describe().items() if k != "device"}}
     store = RecordStore(Path(out) / name, run_info) if out is not None else None

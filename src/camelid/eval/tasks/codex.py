@@ -7,7 +7,8 @@
   "Here is the completed function:\\n\\n\\n" + prompt after the assistant header, as upstream's option.
 - Sampling: n = 20 per problem, top_p 0.95, temperature 0.1 for the pass@1 run and 0.8 for pass@10,
   512 new tokens, stopped at the Codex paper's ["\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint"].
-  Each sample has its own seed derived from (seed, task_id, sample index), so a resumed run draws the same.
+  Sample j of every problem is drawn with seed (seed + j), as upstream's 20 passes over all prompts, so a
+  batch shares one seed and a resumed run draws the same.
 - Execution: prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})" in `camelid.eval.sandbox`
   (3 s timeout); pass@k per problem by the unbiased estimator, mean over problems, every k <= n reported.
 """
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,8 +66,8 @@ def generation(settings) -> GenerationSettings:
                               top_p=0.95, stop=STOP)
 
 
-def sample_seed(seed: int, task_id: str, j: int) -> int:
-    return zlib.crc32(f"{seed}/{task_id}/{j}".encode())
+def sample_seed(seed: int, j: int) -> int:
+    return seed + j
 
 
 def program(item: dict, completion: str) -> str:
@@ -77,7 +77,7 @@ def program(item: dict, completion: str) -> str:
 def score(backend, items, settings) -> list[dict]:
     n = settings.samples
     prompts = [it["prompt"] for it in items for _ in range(n)]
-    seeds = [sample_seed(settings.seed, it["id"], j) for it in items for j in range(n)]
+    seeds = [sample_seed(settings.seed, j) for _ in items for j in range(n)]
     outputs = backend.generate(prompts, generation(settings), seeds)
     programs = [program(it, outputs[i * n + j]) for i, it in enumerate(items) for j in range(n)]
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
