@@ -49,10 +49,11 @@ def next_token_logprobs(model, id_lists: Sequence[Sequence[int]], candidate_ids:
     # Keep at least one suffix token per prompt: its logits are the ones scored.
     shared = min(common_prefix_length(id_lists), min(len(ids) for ids in id_lists) - 1)
     cache = None
+    kwarg = cache_kwarg(model)
     if shared > 0:
         prefix = torch.tensor([list(id_lists[0][:shared])], device=device)
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
-    kwarg = cache_kwarg(model)
+        cache = DynamicCache(config=model.config)  # filled in place by the forward
+        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{kwarg: cache})
     cand = torch.tensor(list(candidate_ids), device=device)
     out = torch.empty(len(id_lists), len(cand), dtype=torch.float32)
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
