@@ -76,10 +76,15 @@ def _generate_local(model, tokenizer, prompts: list[list[int]], gen: GenerationS
 
     params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p if gen.temperature > 0 else 1.0, seed=seed)
     stops = Stops.of(eos, gen.stop)
-    out: list[str] = []
-    for start in range(0, len(prompts), GENERATION_BATCH):
-        done = generate(model, tokenizer, prompts[start:start + GENERATION_BATCH], params, stops, gen.max_new_tokens)
-        out += [c.text for c in done]
+    # Batches of similar lengths pad little. (Padding changes matmul shapes, so a row's floats, and rarely a
+    # greedy tie, can depend on its batch: a resumed run may batch differently.)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    for start in range(0, len(order), GENERATION_BATCH):
+        rows = order[start:start + GENERATION_BATCH]
+        done = generate(model, tokenizer, [prompts[i] for i in rows], params, stops, gen.max_new_tokens)
+        for i, c in zip(rows, done, strict=True):
+            out[i] = c.text
     return out
 
 
