@@ -185,3 +185,17 @@ def quantize_with_gptqmodel(base: Path, out: Path, bits: int = 4, group_size: in
     finally:
         os.chdir(cwd)
     return out
+
+
+def crash_after_layer(layer: int):
+    """A `quant.engine.save_progress` that saves, then interrupts the run (Ctrl-C) after `layer`."""
+    from camelid.quant import engine
+
+    real_save = engine.save_progress
+
+    def save_then_crash(work, progress, hidden, done):
+        real_save(work, progress, hidden, done)
+        if done == layer:
+            raise KeyboardInterrupt
+
+    return save_then_crash

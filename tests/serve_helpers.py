@@ -15,6 +15,7 @@ import uvicorn
 
 from camelid.serve import make_limits
 from camelid.serve.app import create_app
+from camelid.serve.server import server_config
 
 STORIES = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
 # stories260K ships no chat template, so the chat tests hand the server one (--template tulu).
@@ -22,13 +23,13 @@ TEMPLATE = "tulu"
 
 
 @contextmanager
-def live_server(served, api_key: str | None = None, **limits):
+def live_server(served, api_key: str | None = None, read_timeout: float = 30.0, **limits):
     app = create_app(served, make_limits(served.max_position_embeddings, **limits), api_key=api_key)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(server_config(app, read_timeout, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -284,8 +284,15 @@ def test_existing_output_kept(tmp_path, pair):
     with pytest.raises(CamelidError, match="already exists"):
         recover(pair[0], pair[1], out)
     assert (out / "keep").read_text() == "mine"
-    recover(pair[0], pair[1], out, overwrite=True)
-    assert not (out / "keep").exists() and (out / "config.json").exists()
+    with pytest.raises(CamelidError, match="camelid did not write it"):  # --overwrite replaces only our output
+        recover(pair[0], pair[1], out, overwrite=True)
+    assert (out / "keep").read_text() == "mine"
+    (out / "keep").unlink()
+    out.rmdir()
+    recover(pair[0], pair[1], out)
+    (out / "extra").write_text("x")
+    recover(pair[0], pair[1], out, overwrite=True)  # a folder camelid wrote (SHA256SUMS.json) is replaced
+    assert not (out / "extra").exists() and (out / "config.json").exists()
 
 
 def test_fp32_finetune_that_crosses_zero(tmp_path):

@@ -185,7 +185,7 @@ def prompts_seen(monkeypatch):
 
 
 def test_chat_cli_multi_turn(monkeypatch, capsys, prompts_seen, stories):
-    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me a story\nAnd then?\n\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Tell me a story\nAnd then?\n\n")))
     rc = main(["chat", str(MODEL), "--template", "tulu", "--system", "Be brief", "--max-new-tokens", "8",
                "--temperature", "0"])
     assert rc == 0
@@ -227,7 +227,7 @@ def test_generate_bad_template(capsys):
 
 def test_chat_survives_a_turn_error(monkeypatch, capsys, prompts_seen):
     # A turn longer than the context (512) is refused with a message; the session goes on without it.
-    monkeypatch.setattr("sys.stdin", io.StringIO("the dog " * 400 + "\nHello\n\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"the dog " * 400 + b"\nHello\n\n")))
     assert main(["chat", str(MODEL), "--template", "tulu", "--max-new-tokens", "4", "--temperature", "0"]) == 0
     captured = capsys.readouterr()
     assert "at most 512" in captured.err and len(captured.out.splitlines()) == 1

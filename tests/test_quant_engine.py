@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import crash_after_layer
 from safetensors.torch import load_file
 
 from camelid.cli import main as camelid
@@ -65,12 +66,7 @@ def test_quantized_model_stays_close(tmp_path):
 def test_resume_after_interruption(tmp_path, monkeypatch):
     ref = quantize(STORIES, tmp_path / "ref", bits=3, group_size=32, **ARGS)
     real_save = engine.save_progress
-
-    def crash_after_layer_2(work, progress, hidden, layer):
-        real_save(work, progress, hidden, layer)
-        if layer == 2:
-            raise KeyboardInterrupt
-
+    crash_after_layer_2 = crash_after_layer(2)
     monkeypatch.setattr(engine, "save_progress", crash_after_layer_2)
     with pytest.raises(KeyboardInterrupt):
         quantize(STORIES, tmp_path / "q", bits=3, group_size=32, **ARGS)
@@ -111,11 +107,12 @@ def test_cli_quantize_and_errors(tmp_path, capsys):
     assert (qcfg["bits"], qcfg["group_size"], qcfg["sym"], qcfg["static_groups"]) == (2, -1, False, True)
     # existing output, missing calibration file, tied lm_head: clear errors, nothing written
     assert camelid(["quantize", str(STORIES), str(out), "--dataset", str(CALIB)]) == 2
-    assert camelid(["quantize", str(STORIES), str(tmp_path / "x"), "--dataset", str(tmp_path / "nope.txt")]) == 2
+    assert camelid(["quantize", str(STORIES), str(tmp_path / "x"), "--dataset", str(tmp_path / "nope.txt"),
+                    "--group-size", "32"]) == 2
     assert camelid(["quantize", str(STORIES), str(tmp_path / "y"), "--lm-head", "--dataset", str(CALIB)]) == 2
     assert camelid(["quantize", str(STORIES), str(tmp_path / "z"), "--dataset", str(CALIB), "--seq-len", "4096"]) == 2
     err = capsys.readouterr().err
-    assert "already exists" in err and "not found" in err and "tied" in err and "fewer than --seq-len" in err
+    assert "already exists" in err and "not found" in err and "tied" in err and "longer than the model's context" in err
     assert not any((tmp_path / n).exists() for n in ("x", "y", "z", "x.partial", "y.partial", "z.partial"))
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from camelid import __version__
+from camelid import cli_types as T
 from camelid.errors import CamelidError
 
 
@@ -79,7 +81,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     dtypes = ["float16", "bfloat16", "float32"]
 
     def writer_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+        p.add_argument("--max-shard-size", default="5GB", type=T.size, help="largest safetensors shard (default 5GB)")
         p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser("info", help="architecture, parameters, dtypes, size, tokenizer, quantization of a model")
@@ -104,7 +106,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--diff", required=True, help="weight diff folder (its tokenizer and config are used)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float16", choices=dtypes, help="output dtype (sums are done in fp32)")
-    p.add_argument("--check-sum", type=float, help="Alpaca integrity value: expected sum of all recovered weights")
+    p.add_argument("--check-sum", type=T.finite_float, help="Alpaca integrity value: expected sum of all recovered weights")
     writer_options(p)
     p.set_defaults(func=_cmd_recover)
 
@@ -148,17 +150,18 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
-    p.add_argument("--group-size", type=int, default=128, help="columns per scale/zero group (-1: one group)")
+    p.add_argument("--group-size", type=T.group_size, default=128, help="columns per scale/zero group (-1: one group)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=False,
                    help="quantize columns in order of decreasing Hessian diagonal (desc_act)")
-    p.add_argument("--damp", type=float, default=0.01, help="damping, fraction of the mean Hessian diagonal")
+    p.add_argument("--damp", type=T.float_in(0, 1, high_open=True), default=0.01, help="damping, fraction of the mean Hessian diagonal")
     p.add_argument("--dataset", default="wikitext2", help="wikitext2, code, or a file (.txt/.jsonl/.json)")
     p.add_argument("--dataset-path", default=None, help="local file for a named --dataset")
     p.add_argument("--template", default="alpaca",
                    help="camelid chat template (alpaca, tulu, llama-2-chat, ...) used to render "
                         "instruction/input/output calibration records")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seq-len", type=T.positive_int, default=None,
+                   help="tokens per calibration window (default 2048, or the model's context if shorter)")
+    p.add_argument("--nsamples", type=T.positive_int, default=128)
     p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (same as --no-sym)")
     p.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=True)
@@ -166,13 +169,13 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mse", action="store_true", help="search a shrunk grid minimising |q - w|^2.4")
     p.add_argument("--lm-head", action="store_true", help="quantize lm_head too (untied models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=T.non_negative_int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn"))
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "
                         "matmul, else fp32); Hessians are always accumulated in fp32")
-    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--max-shard-size", default="5GB", type=T.size)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_quantize)
 
@@ -205,13 +208,13 @@ def _add_template_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     _add_template_arg(p)
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system", type=T.utf8, default=None, help="system message")
+    p.add_argument("--max-new-tokens", type=T.positive_int, default=512)
+    p.add_argument("--temperature", type=T.float_in(0, math.inf, high_open=True), default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=T.float_in(0, 1, low_open=True), default=0.95)
+    p.add_argument("--top-k", type=T.non_negative_int, default=40, help="0 = off")
+    p.add_argument("--repetition-penalty", type=T.float_in(0, math.inf, True, True), default=1.1)
+    p.add_argument("--seed", type=T.non_negative_int, default=None)
 
 
 def _chat_session(args, need_template: bool = False):
@@ -254,6 +257,7 @@ def _cmd_generate(args) -> int:
 
 def _cmd_chat(args) -> int:
     from camelid.runtime.generate import generate_ids, stream_text
+    from camelid.textio import decode_utf8
 
     model, tok, ids_for, sampler, stops = _chat_session(args, need_template=True)
     messages: list[dict] = []
@@ -262,9 +266,14 @@ def _cmd_chat(args) -> int:
     while True:
         if interactive:
             print(">>> ", end="", flush=True, file=sys.stderr)
-        line = sys.stdin.readline()
-        if not line.strip():
+        raw = sys.stdin.buffer.readline()
+        if not raw.strip():
             return 0
+        try:
+            line = decode_utf8(raw, "that line")
+        except CamelidError as e:  # one bad line does not end the session
+            print(f"camelid: error: {e}; nothing sent", file=sys.stderr)
+            continue
         if line.strip() == "/reset":
             messages.clear()
             continue
@@ -286,38 +295,36 @@ def _cmd_chat(args) -> int:
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
+    text = _eval_text(args)  # a missing or binary data file fails before the model loads
     model, tok = _load_model(args)
-    _print_json(perplexity(model, tok, _eval_text(args), args.seq_len, args.doc_sep) | {"model": args.model,
-                                                                                        "data": args.data})
+    _print_json(perplexity(model, tok, text, args.seq_len, args.doc_sep) | {"model": args.model, "data": args.data})
     return 0
 
 
 def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
+    text = _eval_text(args)
     model, tok = _load_model(args)
     ref, _ = _load_model(args, reference=True)
-    result = kl_divergence(model, ref, tok, _eval_text(args), args.seq_len, args.doc_sep)
+    result = kl_divergence(model, ref, tok, text, args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
 
 
 def _eval_text(args) -> str:
-    from pathlib import Path
-
     from camelid.eval import read_gptq_text
+    from camelid.textio import read_text_file
 
     if args.doc_sep is None:
         return read_gptq_text(args.data)
-    if not Path(args.data).is_file():
-        raise CamelidError(f"eval data not found: {args.data}")
-    return Path(args.data).read_text(encoding="utf-8")
+    return read_text_file(args.data, "eval data")
 
 
 def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt (streams with --stream)")
     _add_model_args(p)
-    p.add_argument("prompt", help="the user prompt ('' with --template none: start from BOS)")
+    p.add_argument("prompt", type=T.utf8, help="the user prompt ('' with --template none: start from BOS)")
     _add_sampling_args(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.set_defaults(func=_cmd_generate)
@@ -336,7 +343,7 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
         if name == "kld":
             p.add_argument("--reference", required=True, help="reference model (e.g. the fp16 original)")
         p.add_argument("--data", required=True, help="text file; scored as '\\n\\n'.join of its lines")
-        p.add_argument("--seq-len", type=int, default=2048, help="window length (default 2048)")
+        p.add_argument("--seq-len", type=T.int_at_least(2), default=2048, help="window length (default 2048)")
         p.add_argument("--doc-sep", default=None,
                        help="score each document between these separators on its own (e.g. '<|endoftext|>')")
         p.set_defaults(func=func)
@@ -442,15 +449,16 @@ def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", default=None)
     _add_template_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=int, default=None)
-    p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--max-batch-prefill-tokens", type=int, default=None)
-    p.add_argument("--max-concurrent-requests", type=int, default=128)
-    p.add_argument("--max-stop-sequences", type=int, default=4)
-    p.add_argument("--max-best-of", type=int, default=2)
+    p.add_argument("--port", type=T.port, default=3000)
+    p.add_argument("--max-input-tokens", "--max-input-length", dest="max_input_tokens", type=T.positive_int,
+                   default=None)
+    p.add_argument("--max-total-tokens", type=T.positive_int, default=None)
+    p.add_argument("--max-batch-prefill-tokens", type=T.positive_int, default=None)
+    p.add_argument("--max-concurrent-requests", type=T.positive_int, default=128)
+    p.add_argument("--max-stop-sequences", type=T.non_negative_int, default=4)
+    p.add_argument("--max-best-of", type=T.positive_int, default=2)
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=T.positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(func=_serve)
 
@@ -477,9 +485,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line naming the culprit, like every other camelid error (argparse adds a usage block)."""
+        command = self.prog.removeprefix("camelid").strip()
+        self.exit(2, f"camelid: error: {command + ': ' if command else ''}{message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camelid", description=__doc__)
+    parser = Parser(prog="camelid", description=__doc__)
     parser.add_argument("--version", action="version", version=f"camelid {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_checkpoint_commands(sub)
     _add_quant_commands(sub)
@@ -499,6 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camelid: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an environment failure camelid did not foresee: one line, exit 1
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"camelid: error: unexpected {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

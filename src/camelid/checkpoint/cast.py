@@ -58,4 +58,4 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, dtype: str | torch.d
              for t in ckpt.tensors.values()]
     return write_model_dir(out, specs, _converted_chunks(ckpt, specs), with_config_dtype(ckpt.config, target),
                            side_files_from=[ckpt.dir], max_shard_size=max_shard_size, overwrite=overwrite,
-                           desc=f"convert to {dtype_name(target)}")
+                           desc=f"convert to {dtype_name(target)}", inputs=[ckpt.dir])

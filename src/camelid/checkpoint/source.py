@@ -78,6 +78,11 @@ class TensorInfo:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+def _is_ints(value: object, length: int | None = None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
+
+
 def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
     # Parse the header ourselves (8-byte length + JSON) to learn names/shapes without mapping data,
     # and check the offsets against the file size so a truncated download is named up front.
@@ -95,17 +100,19 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
         raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from e
     except FileNotFoundError as e:
         raise CheckpointError(f"missing weight file {file}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     header.pop("__metadata__", None)
     end = 0
     infos = {}
     for name, meta in header.items():
+        if not isinstance(meta, dict) or not _is_ints(meta.get("shape")) or not _is_ints(meta.get("data_offsets"), 2):
+            raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} "
+                                  "(shape and data_offsets must be lists of non-negative integers)")
         if meta.get("dtype") not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
-        try:
-            info = TensorInfo(name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + meta["data_offsets"][0])
-            begin, stop = meta["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} ({e})") from e
+        begin, stop = meta["data_offsets"]
+        info = TensorInfo(name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + begin)
         if stop - begin != info.nbytes or begin < 0:
             raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name} has {stop - begin} bytes "
                                   f"for shape {list(info.shape)} ({info.nbytes} expected)")
@@ -121,7 +128,9 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     """Load a PyTorch .bin shard without ever running pickled code: plain tensors only."""
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        # mmap needs the zip format (torch >= 1.6); older legacy files are read whole, as Transformers does
+        zipped = zipfile.is_zipfile(file)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=zipped)
     except FileNotFoundError as e:
         raise CheckpointError(f"missing weight file {file}") from e
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
@@ -181,6 +190,8 @@ class Checkpoint:
         if not config.is_file():
             raise CheckpointError(f"{model_dir}: missing config.json")
         self.config: dict = read_json(config)
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{config}: expected a JSON object, got {type(self.config).__name__}")
         self.tensors: dict[str, TensorInfo] = {}
         for file in _weight_files(model_dir):
             if file.suffix == ".safetensors":
@@ -212,6 +223,27 @@ class Checkpoint:
             self._bin_cache = (info.file, _load_bin(info.file))
         t = self._bin_cache[1][name]
         return (t if rows is None else t[rows]).clone()
+
+    def fingerprint(self, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
+        """Identity of the weights, cheap whatever their size: the folder's SHA256SUMS.json when it has one,
+        else each weight file's size, header and `samples` evenly spread slices of its bytes (two fine-tunes
+        of one base have identical safetensors headers, so the data must be sampled too)."""
+        import hashlib
+
+        from camelid.checkpoint.output import MANIFEST
+
+        h = hashlib.sha256()
+        if (self.dir / MANIFEST).is_file():
+            h.update((self.dir / MANIFEST).read_bytes())
+            return h.hexdigest()
+        for file in sorted({t.file for t in self.tensors.values()}):
+            size = file.stat().st_size
+            h.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as f:
+                for k in range(samples + 1):  # sample 0 starts at byte 0: the header
+                    f.seek(max(0, min(size - sample_bytes, k * size // samples)))
+                    h.update(f.read(sample_bytes))
+        return h.hexdigest()
 
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors if names is None else names:

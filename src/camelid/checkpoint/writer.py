@@ -33,21 +33,21 @@ class TensorSpec:
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes (HF's max_shard_size convention: GB = 10**9)."""
-    if isinstance(text, int):
+    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes (HF's max_shard_size convention: GB = 10**9); positive."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise CheckpointError(f"invalid size {text!r}: must be at least 1 byte")
         return text
-    s = text.strip().upper()
+    s = str(text).strip().upper()
     units = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3, "B": 1}
-    for unit, mult in units.items():
-        if s.endswith(unit):
-            try:
-                return int(float(s[: -len(unit)]) * mult)
-            except ValueError:
-                break
+    unit = next((u for u in units if s.endswith(u)), "")
     try:
-        return int(s)
+        value = float(s[: len(s) - len(unit)]) * units.get(unit, 1)
     except ValueError:
-        raise CheckpointError(f"invalid size {text!r}: use e.g. 5GB, 500MB or a byte count") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):  # "infGB", "nanMB", "0", "-5GB"
+        raise CheckpointError(f"invalid size {text!r}: use e.g. 5GB, 500MB or a byte count")
+    return int(value)
 
 
 class ShardWriter:

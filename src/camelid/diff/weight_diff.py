@@ -39,7 +39,7 @@ from camelid.checkpoint import (
     write_model_dir,
 )
 from camelid.dtypes import dtype_name, parse_dtype
-from camelid.errors import CheckpointError
+from camelid.errors import CamelidError, CheckpointError
 
 # Buffers that old transformers versions saved with the weights; recomputed at load, never diffed.
 _NOT_WEIGHTS = (".rotary_emb.inv_freq",)
@@ -143,6 +143,8 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
     mismatch nothing is written. A SHA-256 manifest of the output is always written.
     """
     target = parse_dtype(dtype)
+    if check_sum is not None and not math.isfinite(check_sum):
+        raise CamelidError(f"check_sum must be a finite number, got {check_sum}")
     base_ck, diff_ck = open_checkpoint(base), open_checkpoint(diff)
     infos = match_tensors(base_ck, diff_ck, "diff")
     specs = [TensorSpec(i.name, target, i.shape) for i in infos]
@@ -162,7 +164,7 @@ def recover(base: str | os.PathLike, diff: str | os.PathLike, out: str | os.Path
 
     return write_model_dir(out, specs, chunks(), with_config_dtype(diff_ck.config, target),
                            side_files_from=[diff_ck.dir], max_shard_size=max_shard_size,
-                           overwrite=overwrite, desc="recover")
+                           overwrite=overwrite, desc="recover", inputs=[base_ck.dir, diff_ck.dir])
 
 
 def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[TensorInfo]) -> set[str]:
@@ -212,7 +214,7 @@ def make_diff(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.P
 
     path = write_model_dir(out, specs, chunks(), with_config_dtype(tuned_ck.config, store),
                            side_files_from=[tuned_ck.dir], max_shard_size=max_shard_size,
-                           overwrite=overwrite, desc="make-diff")
+                           overwrite=overwrite, desc="make-diff", inputs=[base_ck.dir, tuned_ck.dir])
     if widen:
         warnings.warn(f"{len(widen)} of {len(specs)} tensors stored in float64 so that they recover exactly "
                       f"(some tuned values are far smaller than their base values): {sorted(widen)[:5]}",

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from camelid.errors import CamelidError
+from camelid.textio import read_text_file
 
 # Tokens per forward pass: float32 log-probs of 4096 tokens at vocab 32000 are 0.5 GB (KL holds ~4 such).
 TOKENS_PER_BATCH = 4096
@@ -23,10 +24,7 @@ TOKENS_PER_BATCH = 4096
 def read_gptq_text(path: str | Path) -> str:
     """`"\\n\\n".join` of a file's lines as the GPTQ scripts see them via `datasets` (wikitext rows keep their
     newline; blank rows are ""). On wikitext-2-raw-v1 test this gives the usual 341,469 LLaMA tokens."""
-    path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"eval data not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = read_text_file(path, "eval data").splitlines(keepends=True)
     return "\n\n".join(line if line.strip() else "" for line in lines)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from camelid.errors import CamelidError
+from camelid.textio import read_text_file
 
 NAMED_SETS = {
     # name: (datasets args, field) used when no local file is given
@@ -55,19 +56,20 @@ def record_text(rec: object, render: Callable[[dict], str] | None = None) -> str
 def read_texts(path: str | Path, render: Callable[[dict], str] | None = None) -> list[str]:
     """Texts of a local calibration file (.txt/.raw: the whole file; .jsonl/.json: one per record)."""
     path = Path(path)
-    if not path.is_file():
-        raise CamelidError(f"calibration file not found: {path}")
+    text = read_text_file(path, "calibration file")
     try:
         if path.suffix == ".jsonl":
-            records: Iterable = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            records: Iterable = [json.loads(line) for line in text.splitlines() if line.strip()]
         elif path.suffix == ".json":
-            records = json.loads(path.read_text())
+            records = json.loads(text)
             if isinstance(records, dict):
                 records = records.get("data", records.get("train", [records]))
         else:
-            return [path.read_text()]
-    except (ValueError, UnicodeDecodeError) as e:
+            return [text]
+    except ValueError as e:
         raise CamelidError(f"{path}: not valid JSON/JSONL ({e})") from e
+    if not isinstance(records, list):
+        raise CamelidError(f"{path}: expected a list of records, got {type(records).__name__}")
     return [record_text(r, render) for r in records]
 
 

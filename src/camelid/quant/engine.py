@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from camelid.checkpoint.jsonio import write_json
-from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files
+from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files, write_manifest
 from camelid.checkpoint.source import Checkpoint, open_checkpoint
 from camelid.checkpoint.writer import ShardWriter, TensorSpec, save_sharded
 from camelid.device import compute_dtype, resolve_device
@@ -32,6 +32,7 @@ from camelid.errors import CamelidError
 from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
 from camelid.formats.gptq.layout import declare_unquantized, pack_linear, packable
 from camelid.quant.calib import calibration_windows
+from camelid.quant.checks import FiniteWeights, check_run, default_seq_len, linear_dims
 from camelid.quant.format import QuantParams
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
 from camelid.quant.layer import (
@@ -230,6 +231,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 def run_fingerprint(p: QuantParams, ids: torch.Tensor | None, ckpt: Checkpoint, extra: str = "") -> str:
     h = hashlib.sha256(json.dumps(p.as_dict(), sort_keys=True).encode() + extra.encode())
     h.update(json.dumps(ckpt.config, sort_keys=True).encode())
+    h.update(ckpt.fingerprint().encode())  # the weights themselves: another model is refused, not merged
     if ids is not None:
         h.update(ids.to(torch.int64).numpy().tobytes())
     return h.hexdigest()
@@ -329,7 +331,7 @@ def assemble(work: Path, ckpt: Checkpoint, n_layers: int, extra: dict[str, torch
 
 def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: int = 128,
              act_order: bool = False, damp: float = 0.01, dataset: str = "wikitext2",
-             dataset_path: str | Path | None = None, seq_len: int = 2048, nsamples: int = 128,
+             dataset_path: str | Path | None = None, seq_len: int | None = None, nsamples: int = 128,
              sym: bool = True, true_sequential: bool = True, static_groups: bool = False, mse: bool = False,
              lm_head: bool = False, device: str = "auto", seed: int = 0, method: str = "gptq",
              template: str = "alpaca", calibration: torch.Tensor | None = None, batch_size: int | None = None,
@@ -337,31 +339,38 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
              max_shard_size: str = "5GB", progress: bool = True, compute: str = "auto") -> Path:
     """Quantize a Llama checkpoint to a GPTQ (v1) checkpoint in `out`. Returns `out`.
 
-    `calibration` ([n, seq_len] token ids) overrides dataset/nsamples/seq_len. `spill` keeps the
+    `calibration` ([n, seq_len] token ids) overrides dataset/nsamples/seq_len; `seq_len` None is 2048, or
+    the model's context if shorter. `spill` keeps the
     calibration activations in a file in OUT.partial instead of RAM. `compute` is the dtype of the
     calibration forward passes (auto: bf16 where the hardware has bf16 matmul, else fp32). Rerunning after an interruption
     resumes from the last finished layer.
     """
     p = QuantParams(bits, group_size, act_order, damp, sym, true_sequential, static_groups, mse, lm_head, method)
-    check_output(out, overwrite)  # before the (long) calibration, not after
     ckpt = open_checkpoint(model, revision)
+    check_output(out, overwrite, [ckpt.dir])  # before the (long) calibration, not after
     check_params(p, ckpt.config)
     dev = resolve_device(device)
     dtype = compute_dtype(dev, compute)
     config = llama_config(ckpt.config)
     n_layers = config.num_hidden_layers
-    ids = None
-    if method == "gptq":
-        if calibration is None:
-            tok = load_tokenizer(ckpt.dir)
-            calibration = calibration_windows(tok, dataset, dataset_path, nsamples, seq_len, seed, template)
-        ids = calibration.to(torch.long)
-        nsamples, seq_len = ids.shape
-    batch = batch_size or max(1, 4096 // seq_len)
+    if calibration is not None:
+        nsamples, seq_len = calibration.shape
+    seq_len = default_seq_len(ckpt) if seq_len is None else seq_len
+    check_run(p, ckpt, n_layers, seq_len, nsamples, calibrated=method == "gptq")
+    ckpt = FiniteWeights(ckpt)
 
     if ckpt.nbytes > LARGE_MODEL_BYTES:  # page faults on fresh mmaps cost ~1/3 more CPU on small models
         map_large_allocations()
-    with atomic_output_dir(out, overwrite=overwrite, resume=True) as work:
+    # OUT.partial is locked before calibration: a second run into the same OUT refuses at once.
+    with atomic_output_dir(out, overwrite=overwrite, resume=True, inputs=[ckpt.dir]) as work:
+        ids = None
+        if method == "gptq":
+            if calibration is None:
+                tok = load_tokenizer(ckpt.dir)
+                calibration = calibration_windows(tok, dataset, dataset_path, nsamples, seq_len, seed, template)
+            ids = calibration.to(torch.long)
+            nsamples, seq_len = ids.shape
+        batch = batch_size or max(1, 4096 // seq_len)
         prog = load_progress(work, run_fingerprint(p, ids, ckpt, str(dtype)))
         (work / LAYERS).mkdir(exist_ok=True)
         (work / STATE).mkdir(exist_ok=True)
@@ -396,7 +405,7 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             extra, rows = quantize_lm_head(ckpt, config, hidden, p, batch, dev)
             prog["log"] += rows
         skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
-                   if not packable(*_linear_dims(ckpt, n), p.bits, p.group_size)]
+                   if not packable(*linear_dims(ckpt, n), p.bits, p.group_size)]
         dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
         run = {
             "dataset": None if ids is None else (str(dataset_path) if dataset_path else dataset),
@@ -419,9 +428,7 @@ def quantize(model: str | Path, out: str | Path, *, bits: int = 4, group_size: i
             w.writerows(prog["log"])
         shutil.rmtree(work / LAYERS)
         shutil.rmtree(work / STATE)
+        write_manifest(work)  # also what lets a later --overwrite recognise this folder as camelid's
     return Path(out)
 
 
-def _linear_dims(ckpt: Checkpoint, name: str) -> tuple[int, int]:
-    out_f, in_f = ckpt.tensors[name + ".weight"].shape
-    return in_f, out_f

@@ -26,10 +26,17 @@ class TextStream:
 
         prefix = decode(self.ids[self.prefix_offset : self.read_offset])
         full = decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        if full.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        if not full.startswith(prefix):
+            # Slow SentencePiece decodes the text before a special token differently ("g" + "</s>" gives
+            # " g</s>"), so the difference would repeat the previous token: take the new tokens alone.
+            new = decode(self.ids[self.read_offset :])
+        else:
+            new = full[len(prefix) :]
+        if new:
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return full[len(prefix) :]
-        return ""  # an incomplete UTF-8 sequence: wait for the next token
+        return new
 
 
 def decode_generated(tokenizer, prompt_ids: list[int], generated: list[int]) -> str:

@@ -24,6 +24,8 @@ def _budget(model, input_ids: Sequence[int], max_new_tokens: int) -> int:
     """`max_new_tokens`, cut to the model's position limit; refuses a prompt that leaves no room."""
     if not input_ids:
         raise CamelidError("empty prompt: nothing to condition on (the tokenizer added no BOS)")
+    if max_new_tokens < 0:
+        raise CamelidError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is None:
         return max_new_tokens

@@ -7,7 +7,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from camelid.checkpoint.source import resolve_model_dir
+from camelid.checkpoint.source import Checkpoint, resolve_model_dir
 from camelid.device import resolve_device
 from camelid.dtypes import parse_dtype
 from camelid.errors import CamelidError
@@ -66,6 +66,9 @@ def _load_dense(model_dir, device: torch.device, dtype: torch.dtype | None) -> P
     except (OSError, ValueError) as e:
         raise CamelidError(f"{model_dir}: cannot read config.json ({e})") from e
     dtype = dtype or default_dtype(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), device)
+    # Our reader first: a corrupt or truncated safetensors file, or a pickle holding more than tensors, is a
+    # CheckpointError naming the file, the same as in info/convert/quantize, not the loader's own exception.
+    Checkpoint(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype)
     except (OSError, ValueError) as e:

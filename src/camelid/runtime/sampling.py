@@ -11,11 +11,21 @@ who shares the batch. The logprob reported is taken after the warpers, as TGI's 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
 
 from camelid.errors import CamelidError
+
+
+def as_float32(x: float) -> float:
+    """`x` as the fp32 sampler sees it: 1e-300 is 0 there and 1e300 is inf, NaN stays NaN. Range checks
+    on this value keep a finite positive float64 from dividing by zero in a sampling step."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 @dataclass(frozen=True)
@@ -32,16 +42,19 @@ class SamplingParams:
         for name in ("temperature", "top_p", "typical_p", "repetition_penalty", "frequency_penalty"):
             if not math.isfinite(getattr(self, name)):
                 raise CamelidError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise CamelidError(f"temperature must be >= 0, got {self.temperature}")
+        # Checked as the fp32 sampler sees them: 1e-300 would divide by zero there, 1e300 is inf.
+        if not (self.temperature == 0 or 0 < as_float32(self.temperature) < math.inf):
+            raise CamelidError(f"temperature must be 0 (greedy) or a number > 0 that fp32 can divide by "
+                               f"(at least ~1e-38), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise CamelidError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.typical_p <= 1:
             raise CamelidError(f"typical_p must be in (0, 1], got {self.typical_p}")
         if self.top_k < 0:
             raise CamelidError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise CamelidError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 < as_float32(self.repetition_penalty) < math.inf:
+            raise CamelidError(f"repetition_penalty must be > 0 in fp32 (at least ~1e-38), got "
+                               f"{self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
@@ -147,6 +160,8 @@ class Sampler:
             history = history.reshape(1, -1)
         scores = process_logits(logits, self.params, history)
         logprobs = torch.log_softmax(scores, dim=-1)
+        if bool(logprobs.isnan().any()):  # NaN logits, or a setting that overflowed: fail this sequence alone
+            raise ValueError("the next-token distribution is not finite (NaN logits)")
         if self.generator is None:
             token = int(scores.argmax(dim=-1))
         else:

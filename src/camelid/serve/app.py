@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from contextlib import asynccontextmanager
@@ -18,8 +19,8 @@ from camelid.serve.gateway import (
     EventStream,
     HTTPError,
     Permit,
+    RequireKey,
     ServerState,
-    check_key,
     read_json,
     run_sequence,
     sse,
@@ -47,6 +48,7 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     app = FastAPI(title="camelid serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.camelid = state
+    app.add_middleware(RequireKey, api_key=api_key)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError) -> JSONResponse:
@@ -64,19 +66,16 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.post("/generate")
     async def generate(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return _json(await _generate(state, request, req), wrap=False)
 
     @app.post("/generate_stream")
     async def generate_stream(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return await _generate_stream(state, request, req)
 
     @app.post("/")
     async def compat(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         if req.stream:
             return await _generate_stream(state, request, req)
@@ -84,13 +83,11 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        check_key(state, request)
         req = await read_json(state, request, GenerateRequest)
         return await asyncio.to_thread(_tokenize, served.tokenizer, req.inputs, req.add_special_tokens)
 
     @app.get("/info")
     async def info(request: Request):
-        check_key(state, request)
         return {
             "model_id": served.model_id,
             "model_sha": served.revision,
@@ -120,7 +117,6 @@ def create_app(served: ServedModel, limits: Limits, api_key: str | None = None) 
 
     @app.get("/metrics")
     async def metrics_route(request: Request):
-        check_key(state, request)  # Prometheus sends it with `authorization: {credentials: KEY}`
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     openai_api.add_routes(app, state)
@@ -190,7 +186,7 @@ async def _generate(state: ServerState, request: Request, req: GenerateRequest) 
         results = await asyncio.gather(*(_collect(state, request, g) for g in runs))
         if any(r is None for r in results):
             return None
-        results.sort(key=lambda r: -sum(t.logprob for t in r.tokens))
+        results.sort(key=lambda r: -sum(-math.inf if t.logprob is None else t.logprob for t in r.tokens))
         best = results[0]
         elapsed = time.perf_counter() - start
         state.metrics.duration.observe(elapsed)
@@ -285,9 +281,16 @@ def _tokenize(tokenizer, text: str, add_special_tokens: bool) -> list[dict]:
     if tokenizer.is_fast:
         spans = enc["offset_mapping"]
     else:
-        spans, stop = [], 0
+        # Each token ends where the decoded prefix ends. Byte-fallback tokens (<0xE6><0x97><0xA5> for 日)
+        # decode to an incomplete character until the last one: all of them get that character's span, as
+        # the fast tokenizer's offsets give.
+        spans, stop, waiting = [], 0, 0
         for k in range(len(ids)):
-            end = min(len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)), len(text))
-            spans.append((stop, max(end, stop)))
-            stop = max(end, stop)
+            decoded = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            if decoded.endswith("\ufffd") and k + 1 < len(ids):
+                waiting += 1
+                continue
+            end = max(min(len(decoded.rstrip("\ufffd")), len(text)), stop)
+            spans += [(stop, end)] * (waiting + 1)
+            stop, waiting = end, 0
     return [{"id": i, "text": text[a:b], "start": a, "stop": b} for i, (a, b) in zip(ids, spans, strict=True)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pydantic
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from camelid.serve.engine import ServedModel
 from camelid.serve.metrics import Metrics
@@ -44,31 +45,61 @@ class ServerState:
     metrics: Metrics
     api_key: str | None = None
     max_body_bytes: int = 2_000_000  # TGI's --payload-limit default
+    read_timeout: float = 30.0  # seconds a client may take to send a request's headers, and then its body
     in_flight: int = 0
     mailbox: Mailbox | None = None
 
 
-def check_key(state: ServerState, request: Request, openai: bool = False) -> None:
-    if state.api_key is None:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
-        raise HTTPError(401, "Unauthorized", "authentication", openai)
+def key_matches(api_key: str | None, authorization: str) -> bool:
+    return api_key is None or hmac.compare_digest(authorization.encode(), f"Bearer {api_key}".encode())
+
+
+OPEN_PATHS = ("/health", "/ping")  # load balancers probe these without credentials
+
+
+class RequireKey:
+    """ASGI guard, the one place the key is checked: every path but /health (and its SageMaker alias /ping)
+    needs `Authorization: Bearer KEY` (Prometheus sends it with `authorization: {credentials: KEY}`),
+    including paths no route declares (/openapi.json, /docs, a 404), so nothing leaks without it."""
+
+    def __init__(self, app, api_key: str | None) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            headers = dict(scope.get("headers") or [])
+            if not key_matches(self.api_key, headers.get(b"authorization", b"").decode("latin-1")):
+                openai = scope["path"].startswith("/v1/")
+                await HTTPError(401, "Unauthorized", "authentication", openai).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def read_json(state: ServerState, request: Request, model: type[pydantic.BaseModel], openai: bool = False):
-    """The body parsed into `model`; oversize -> 413, malformed or wrong shape -> 422 (never a 500)."""
+    """The body parsed into `model`; oversize -> 413, too slow -> 408, malformed or wrong shape -> 422 (never
+    a 500). A client that hangs up mid-body gets no answer and leaves no traceback in the log."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > state.max_body_bytes:
         raise HTTPError(413, f"Payload exceeds {state.max_body_bytes} bytes", "payload_limit", openai)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > state.max_body_bytes:
-            raise HTTPError(413, f"Payload exceeds {state.max_body_bytes} bytes", "payload_limit", openai)
-        chunks.append(chunk)
+
+    async def body() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > state.max_body_bytes:
+                raise HTTPError(413, f"Payload exceeds {state.max_body_bytes} bytes", "payload_limit", openai)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        return model.model_validate_json(b"".join(chunks))
+        raw = await asyncio.wait_for(body(), state.read_timeout)  # a slowloris body is cut off
+    except asyncio.TimeoutError:
+        raise HTTPError(408, f"Request body not received within {state.read_timeout:g} s", "timeout",
+                        openai) from None
+    except ClientDisconnect:
+        raise HTTPError(499, "Client closed the request", "client_disconnect", openai) from None
+    try:
+        return model.model_validate_json(raw)
     except pydantic.ValidationError as e:
         raise HTTPError(422, _describe(e), "validation", openai) from None
 
@@ -191,4 +222,5 @@ async def _watch_disconnect(request: Request, queue: asyncio.Queue) -> None:
 
 def sse(obj: object, space: bool = False) -> str:
     """One server-sent event. TGI writes `data:{...}`; OpenAI writes `data: {...}`."""
-    return ("data: " if space else "data:") + json.dumps(obj, ensure_ascii=False) + "\n\n"
+    # allow_nan=False: strict JSON, as JSONResponse writes it (the scheduler turns -inf logprobs into null)
+    return ("data: " if space else "data:") + json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n\n"

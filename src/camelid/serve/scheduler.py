@@ -10,6 +10,7 @@ sequences ended by camelid.runtime's `Sampler` and `StopMatcher`, the same as fo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -30,6 +31,11 @@ from camelid.serve.validation import GenerationRequest
 log = logging.getLogger("camelid.serve")
 
 
+def finite(x: float | None) -> float | None:
+    """JSON has no -inf/NaN: TGI's router (serde_json) writes them as null, and so do we (serde-rs/json#155)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 # --- events a sequence's sink receives -------------------------------------------------------------------
 
 
@@ -46,9 +52,9 @@ class Done:
 class Token:
     id: int
     text: str
-    logprob: float
+    logprob: float | None  # None where it is not finite (-inf after top-k/top-p), as TGI's JSON has null
     special: bool
-    top: list[tuple[int, str, float]]  # (id, text, logprob) of the top_n_tokens alternatives
+    top: list[tuple[int, str, float | None]]  # (id, text, logprob) of the top_n_tokens alternatives
     done: Done | None = None  # set on a sequence's last token, so a stream can end without waiting
 
 
@@ -202,10 +208,10 @@ class Scheduler:
             ids = seqs[0].request.input_ids
             lps = prefill_logprobs(torch.tensor([ids], device=logits.device), logits)
             tok = self.served.tokenizer
-            seqs[0].sink(Prefill([(i, tok.decode([i]), lp) for i, lp in zip(ids, lps, strict=True)]))
+            seqs[0].sink(Prefill([(i, tok.decode([i]), finite(lp)) for i, lp in zip(ids, lps, strict=True)]))
         for row, seq in enumerate(seqs):
-            self._accept(seq, logits[row : row + 1, -1, :])
-        batch.next_tokens = torch.tensor([s.generated[-1] for s in seqs], device=batch.next_tokens.device)
+            self._accept_own(seq, logits[row : row + 1, -1, :])
+        batch.next_tokens = torch.tensor([_last(s) for s in seqs], device=batch.next_tokens.device)
         alive = [row for row, seq in enumerate(seqs) if not seq.finished]
         batch = B.keep(batch, alive)
         if batch is not None:
@@ -217,10 +223,20 @@ class Scheduler:
         logits = B.decode_step(self.served.model, self._batch)
         self.metrics.step.labels("decode").observe(time.perf_counter() - t0)
         for i, seq in enumerate(self._running):
-            self._accept(seq, logits[i : i + 1])
+            self._accept_own(seq, logits[i : i + 1])
         self._batch.next_tokens = torch.tensor(
-            [s.generated[-1] for s in self._running], device=self._batch.next_tokens.device
+            [_last(s) for s in self._running], device=self._batch.next_tokens.device
         )
+
+    def _accept_own(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """`_accept`, where a failure (NaN logits, a degenerate sampling setting) finishes only this sequence
+        with its own error: the batch's other rows go on (they are dropped from it after the step)."""
+        try:
+            self._accept(seq, logits)
+        except Exception as e:
+            log.warning("request failed while sampling: %s: %s", type(e).__name__, e)
+            seq.finished = True
+            seq.sink(Failed(f"Request failed during generation: {type(e).__name__}: {e}"))
 
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Choose the next token of `seq`, send it, and decide whether the sequence is done."""
@@ -233,8 +249,8 @@ class Scheduler:
         self.metrics.generated.inc()
         text = seq.text.push(choice.token_id)
         tok = self.served.tokenizer
-        top = [(i, tok.decode([i]), lp) for i, lp in choice.top]
-        event = Token(choice.token_id, text, choice.logprob, choice.token_id in self._special, top)
+        top = [(i, tok.decode([i]), finite(lp)) for i, lp in choice.top]
+        event = Token(choice.token_id, text, finite(choice.logprob), choice.token_id in self._special, top)
         # TGI streams every token's own text, the stop string included: only the decision is taken here.
         seq.stops.push(choice.token_id, text)
         reason = seq.stops.reason
@@ -267,3 +283,8 @@ def prefill_logprobs(input_ids: torch.Tensor, logits: torch.Tensor) -> list[floa
     logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
     picked = logprobs.gather(1, input_ids[0, 1:, None])[:, 0]
     return [None] + [float(x) for x in picked]
+
+
+def _last(seq: Sequence) -> int:
+    """The token a row feeds to the next step; a row that failed before choosing one is dropped before then."""
+    return seq.generated[-1] if seq.generated else 0

@@ -71,6 +71,10 @@ def serve(
     from camelid.serve.app import create_app
     from camelid.serve.engine import load_for_serving
 
+    if not 1 <= port <= 65535:
+        raise CamelidError(f"port must be 1-65535, got {port}")
+    if threads is not None and threads < 1:
+        raise CamelidError(f"threads must be >= 1, got {threads}")
     if api_key is None and not _is_loopback(host):
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
     if threads is not None:
@@ -88,8 +92,68 @@ def serve(
         max_best_of,
     )
     app = create_app(served, limits, api_key=api_key)
-    # In-flight requests get 30 s to finish after a signal; the scheduler then fails what is left.
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=30, log_level="info")
+    uvicorn.Server(server_config(app, host=host, port=port, log_level="info")).run()
+
+
+def server_config(app, read_timeout: float = 30.0, **options):
+    """uvicorn's settings for camelid: h11 with a deadline on each request's headers (`HeaderDeadline`)
+    and on its body (`read_json`), idle keep-alive connections closed after 5 s (uvicorn's default), and
+    30 s for in-flight requests to finish after a signal (the scheduler then fails what is left)."""
+    import uvicorn
+
+    app.state.camelid.read_timeout = read_timeout
+    return uvicorn.Config(app, http=header_deadline(read_timeout), timeout_keep_alive=5,
+                          timeout_graceful_shutdown=options.pop("timeout_graceful_shutdown", 30), **options)
+
+
+def header_deadline(seconds: float):
+    """uvicorn's h11 protocol, with a deadline for a request's headers to arrive (the Slowloris attack sends
+    them a byte at a time; uvicorn's keep-alive timer restarts on every byte). The connection is closed
+    with 408 when the headers are not complete `seconds` after the connection opened or the previous
+    response ended."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request's headers are complete: the app has it now
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expired(self) -> None:
+            self.timer = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            # written raw: h11 has not seen a request to answer; the connection is closed right after
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                                 b"connection: close\r\ncontent-length: 22\r\n\r\nRequest header timeout")
+            self.transport.close()
+
+    return HeaderDeadline
 
 
 def _is_loopback(host: str) -> bool:

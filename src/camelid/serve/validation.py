@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid.errors import CamelidError
-from camelid.runtime.sampling import SamplingParams
+from camelid.runtime.sampling import SamplingParams, as_float32
 
 
 class ValidationError(CamelidError):
@@ -52,8 +52,9 @@ class Limits:
 
 
 class GenerateParameters(BaseModel):
-    # Unknown fields and wrong JSON types are refused (422), as serde does in TGI's router.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Unknown fields and wrong JSON types are refused (422), as serde does in TGI's router; so are NaN and
+    # Infinity, which serde_json does not parse as numbers at all.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     best_of: int | None = Field(default=None, ge=0)
     temperature: float | None = None
@@ -77,7 +78,7 @@ class GenerateParameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     inputs: str
     # TGI: with `parameters` omitted entirely, do_sample defaults to true (default_parameters()).
@@ -101,11 +102,13 @@ def check_sampling(
     seed: int | None,
 ) -> SamplingParams:
     """TGI's parameter checks, in TGI's order; a missing seed gets a random one (reported in details)."""
+    # Range checks on the values as the fp32 sampler sees them: 1e-300 is 0 there (a division by zero in
+    # the batch step), 1e300 is inf.
     temperature = 1.0 if temperature is None else temperature
-    if temperature <= 0.0:
+    if not 0.0 < as_float32(temperature) < float("inf"):  # also refuses NaN, which compares false
         raise ValidationError("`temperature` must be strictly positive")
     repetition_penalty = 1.0 if repetition_penalty is None else repetition_penalty
-    if repetition_penalty <= 0.0:
+    if not 0.0 < as_float32(repetition_penalty) < float("inf"):
         raise ValidationError("`repetition_penalty` must be strictly positive")
     frequency_penalty = 0.0 if frequency_penalty is None else frequency_penalty
     if not -2.0 <= frequency_penalty <= 2.0:
