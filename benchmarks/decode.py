@@ -4,19 +4,23 @@ The model is a Llama with two Llama-7B-shaped layers (hidden 4096, intermediate 
 32000, untied head) and random weights. From one fp16 checkpoint the script writes
 - a GPTQ checkpoint, 4-bit, group 128, symmetric, v1 format, RTN (round-to-nearest: speed does not depend
   on how the codes were chosen), lm_head quantized as well (GPTQModel's `lm_head: true`), and
-- a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), Q/K rows permuted as llama.cpp's
-  converter does, tokenizer from the LLaMA-2 tokenizer.model (shared data, never copied into the repo),
+- a llama.cpp GGUF with every matrix in Q4_0 (output.weight included), written by `camelid export gguf`
+  (tokenizer from the LLaMA-2 tokenizer.model in shared data, never copied into the repo),
 so every quantized contender runs the same weights at ~4.5 bits. Each contender runs in its own
-subprocess (peak RSS is that process' max RSS) with 2 threads, `--rounds` times in rotating order; decode is
+subprocess (peak RSS is that process' own VmHWM) with 2 threads, `--rounds` times in rotating order; decode is
 the median per-token step of 128 greedy tokens after a 12-token prompt (HF: `generate()`, timed per step
 by a logits processor; llama.cpp: `eval` + argmax), and the round with the fastest decode is reported.
-llama-cpp-python must be built without AMX (its AMX path segfaults on this CPU): CMAKE_ARGS="-DGGML_NATIVE=OFF
--DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" (with GGML_NATIVE on, -march=native re-enables AMX).
+camelid runs three ways: `camelid` (the kernel `choose_kernel` picks on this CPU), `camelid-int4` (torch's
+int4 tinygemm forced, the round-one path) and `camelid-avx2` (CAMELID_CPU_ISA=avx2: the kernels an
+AVX2-only CPU gets, run on this one).
+llama-cpp-python must be built for the host's features, not -march=native (an AVX-512 build dies with SIGILL
+on AVX2 machines, and with GGML_NATIVE on, -march=native re-enables AMX, whose path segfaulted on the Xeon);
+`--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
 
-    PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid-int4,llamacpp-q4_0] [--rounds 2]
+    CMAKE_ARGS="$(python benchmarks/decode.py --llamacpp-cmake-args)" pip install --no-binary llama-cpp-python llama-cpp-python
+    PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid,llamacpp-q4_0] [--rounds 2]
 
-Prints a table and writes benchmarks/results/decode.json.
+Prints the CPU model and features, a table, and writes benchmarks/results/decode.json.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
-CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid-int4")
+CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid", "camelid-int4", "camelid-avx2")
+# ggml's CMake switches per /proc/cpuinfo flag (ggml/CMakeLists.txt); AMX stays off (see the docstring).
+GGML_FLAGS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "avx_vnni": "GGML_AVX_VNNI",
+              "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+              "avx512_bf16": "GGML_AVX512_BF16"}
 THREADS = 2
 PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512
 CONFIG = {
@@ -70,13 +78,14 @@ def write_gptq(hf: Path, out: Path) -> None:
     from camelid.checkpoint import open_checkpoint
     from camelid.formats.gptq.layout import pack_linear
     from camelid.quant.gptq import rtn
+    from camelid.quant.settings import QuantParams
 
     ckpt = open_checkpoint(hf)
     tensors = {}
     for name, t in ckpt.iter_tensors():
         if t.ndim == 2 and "embed_tokens" not in name:
             prefix = name.removesuffix(".weight")
-            res = rtn(t, BITS, GROUP, sym=True)
+            res = rtn(t, QuantParams(BITS, GROUP, sym=True, method="rtn"))
             tensors.update(pack_linear(prefix, res.q, res.scales, res.zeros, res.g_idx, BITS))
         else:
             tensors[name] = t
@@ -95,72 +104,15 @@ def write_gptq(hf: Path, out: Path) -> None:
     del torch
 
 
-def _permute_qk(w, n_head: int):
-    # llama.cpp's convert_hf_to_gguf: HF's rotate-half row order -> GGML's interleaved RoPE order.
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def write_gguf(hf: Path, out: Path) -> None:
-    import gguf
-    import numpy as np
-    import sentencepiece as spm
+    from camelid.export import GGUFExport, export_gguf
 
-    from camelid.checkpoint import open_checkpoint
-
-    c = CONFIG
-    w = gguf.GGUFWriter(str(out), "llama")
-    w.add_name("camelid-bench-2x7b-layers")
-    w.add_context_length(c["max_position_embeddings"])
-    w.add_embedding_length(c["hidden_size"])
-    w.add_block_count(c["num_hidden_layers"])
-    w.add_feed_forward_length(c["intermediate_size"])
-    w.add_head_count(c["num_attention_heads"])
-    w.add_head_count_kv(c["num_key_value_heads"])
-    w.add_rope_dimension_count(c["hidden_size"] // c["num_attention_heads"])
-    w.add_rope_freq_base(c["rope_theta"])
-    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
-    w.add_vocab_size(c["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    sp = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
-    tokens, scores, types = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode())
-        scores.append(sp.get_score(i))
-        types.append(gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-                     else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.NORMAL)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    ckpt = open_checkpoint(hf)
-    for name, t in ckpt.iter_tensors():
-        if name in names:
-            gname = names[name]
-        else:
-            layer, rest = name.removeprefix("model.layers.").split(".", 1)
-            gname = f"blk.{layer}.{per_layer[rest.removesuffix('.weight')]}.weight"
-        a = t.float().numpy()
-        if name.endswith("q_proj.weight"):
-            a = _permute_qk(a, c["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
-            a = _permute_qk(a, c["num_key_value_heads"])
-        if a.ndim == 2:
-            w.add_tensor(gname, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q4_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-        else:
-            w.add_tensor(gname, a.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # camelid's Q4_0 export writes every matrix (output.weight included) in Q4_0, Q/K permuted as llama.cpp's
+    # converter does, the vocabulary from the checkpoint's tokenizer.model.
+    folder = out.with_name(out.name + ".d")
+    (path,) = export_gguf(hf, folder, GGUFExport(types=("q4_0",), name="camelid-bench-2x7b-layers", overwrite=True))
+    path.rename(out)
+    folder.rmdir()
 
 
 def prepare(workdir: Path) -> dict[str, Path]:
@@ -189,14 +141,44 @@ def _prompt(n: int) -> list[int]:
     return [1] + [rnd.randrange(3, 32000) for _ in range(n - 1)]
 
 
-def _summary(step_s: list[float], prefill_s: list[float]) -> dict:
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _gaps(ticks: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(ticks[:-1], ticks[1:], strict=True)]
+
+
+def _summary(steps: list[tuple[float, float]], prefill: list[tuple[float, float]]) -> dict:
     # Other agents share this machine's 2 cores: the median step and the best prefill are the numbers
-    # least disturbed by them (the mean is reported too).
-    step_s = sorted(step_s)
-    return {"decode_ms_per_token": step_s[len(step_s) // 2] * 1e3,
-            "decode_ms_per_token_mean": sum(step_s) / len(step_s) * 1e3,
-            "decode_ms_per_token_min": step_s[0] * 1e3,
-            "prefill_tokens_per_s": PREFILL_LEN / min(prefill_s)}
+    # least disturbed by them (the mean is reported too). CPU time (all of the process' threads) is less
+    # disturbed than wall time; with --threads 1 it is the work itself (with more threads it includes
+    # OpenMP spin-waiting, which llama.cpp does a lot of).
+    wall, cpu = sorted(w for w, _ in steps), sorted(c for _, c in steps)
+    return {"decode_ms_per_token": wall[len(wall) // 2] * 1e3,
+            "decode_ms_per_token_mean": sum(wall) / len(wall) * 1e3,
+            "decode_ms_per_token_min": wall[0] * 1e3,
+            "decode_cpu_ms_per_token": cpu[len(cpu) // 2] * 1e3,
+            "prefill_tokens_per_s": PREFILL_LEN / min(w for w, _ in prefill),
+            "prefill_tokens_per_cpu_s": PREFILL_LEN / min(c for _, c in prefill)}
+
+
+def llamacpp_cmake_args(flags: frozenset[str]) -> str:
+    on = [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in GGML_FLAGS.items()]
+    return " ".join(["-DGGML_NATIVE=OFF", *on, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
+
+
+def peak_rss_mb() -> float:
+    """This process' own peak RSS. Not ru_maxrss: Linux carries the forking parent's high-water mark over
+    exec into it, so every contender reported at least the driver's RSS (3,149 MB after writing the
+    checkpoints); VmHWM belongs to the process' own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _time_hf(model) -> dict:
@@ -208,17 +190,17 @@ def _time_hf(model) -> dict:
             self.ticks = []
 
         def __call__(self, input_ids, scores):
-            self.ticks.append(time.perf_counter())
+            self.ticks.append(_now())
             return scores
 
-    def generate(n_new: int) -> list[float]:
+    def generate(n_new: int) -> list[tuple[float, float]]:
         ids = torch.tensor([_prompt(PROMPT_LEN)])
         clock = Clock()
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, min_new_tokens=n_new,
                                  do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
         assert out.shape[1] == PROMPT_LEN + n_new
-        return [b - a for a, b in zip(clock.ticks[:-1], clock.ticks[1:], strict=True)]
+        return _gaps(clock.ticks)
 
     generate(8)  # warm-up (allocations, first-call paths)
     steps = generate(NEW_TOKENS)
@@ -227,34 +209,34 @@ def _time_hf(model) -> dict:
     with torch.no_grad():
         model(ids[:, :64])
         for _ in range(2):
-            t0 = time.perf_counter()
+            t0 = _now()
             model(ids, logits_to_keep=1)
-            prefill.append(time.perf_counter() - t0)
+            prefill.append(_gaps([t0, _now()])[0])
     return _summary(steps, prefill)
 
 
 def _time_llamacpp(llm) -> dict:
     import numpy as np
 
-    def generate(n_new: int) -> list[float]:
+    def generate(n_new: int) -> list[tuple[float, float]]:
         llm.reset()
         llm.eval(_prompt(PROMPT_LEN))
-        ticks = [time.perf_counter()]
+        ticks = [_now()]
         for _ in range(n_new - 1):  # greedy, as the HF contenders
             # logits_all=False keeps only the last row, as the HF contenders' logits_to_keep=1
             last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
             llm.eval([int(np.argmax(last))])
-            ticks.append(time.perf_counter())
-        return [b - a for a, b in zip(ticks[:-1], ticks[1:], strict=True)]
+            ticks.append(_now())
+        return _gaps(ticks)
 
     generate(8)
     steps = generate(NEW_TOKENS)
     prefill = []
     for _ in range(2):
         llm.reset()
-        t0 = time.perf_counter()
+        t0 = _now()
         llm.eval(_prompt(PREFILL_LEN))
-        prefill.append(time.perf_counter() - t0)
+        prefill.append(_gaps([t0, _now()])[0])
     return _summary(steps, prefill)
 
 
@@ -276,23 +258,25 @@ def run_contender(name: str, paths: dict[str, Path]) -> dict:
         model = GPTQModel.load(str(paths["gptq"]), device="cpu").model.eval()
         info["kernel"] = type(model.model.layers[0].self_attn.q_proj).__name__
         info["lm_head"] = type(model.lm_head).__name__
-    elif name == "camelid-int4":
+    elif name.startswith("camelid"):
         import camelid
         from camelid.runtime import describe_kernels
 
-        model, _ = camelid.load(paths["gptq"])
-        info["kernels"] = describe_kernels(model)["kernels"]
+        model, _ = camelid.load(paths["gptq"], kernel="int4" if name == "camelid-int4" else "auto")
+        described = describe_kernels(model)
+        info["kernels"], info["cpu_kernels"] = described["kernels"], described["cpu"]
     elif name == "llamacpp-q4_0":
+        import llama_cpp
         from llama_cpp import Llama
 
         llm = Llama(model_path=str(paths["gguf"]), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
                     n_batch=PREFILL_LEN, n_ubatch=PREFILL_LEN, logits_all=False, verbose=False)
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
     else:
         raise SystemExit(f"unknown contender {name}")
     load_s = time.perf_counter() - t0
     timings = _time_llamacpp(llm) if name == "llamacpp-q4_0" else _time_hf(model)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": rss_mb, **info}
+    return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": peak_rss_mb(), **info}
 
 
 # --- driver ---------------------------------------------------------------------------------------------
@@ -306,12 +290,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="runs per contender (the fastest is reported)")
     ap.add_argument("--threads", type=int, default=THREADS, help="CPU threads per contender (the issue's setting: 2)")
     ap.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
+    ap.add_argument("--llamacpp-cmake-args", action="store_true", help="print CMAKE_ARGS for a native llama.cpp build")
     args = ap.parse_args()
     THREADS = args.threads
+    from camelid.runtime.cpu_features import cpu_features
+
+    cpu = cpu_features()
+    if args.llamacpp_cmake_args:
+        print(llamacpp_cmake_args(cpu.flags))
+        return
     if args.contender:
         paths = {"hf": args.workdir / "hf", "gptq": args.workdir / "gptq-4bit-g128", "gguf": args.workdir / "model-q4_0.gguf"}
         print("RESULT " + json.dumps(run_contender(args.contender, paths)))
         return
+    print(f"CPU: {cpu.model}; flags: {' '.join(cpu.summary()['flags'])}; {THREADS} threads", file=sys.stderr)
     paths = prepare(args.workdir)
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "GPTQMODEL_CPU_WORKERS": str(THREADS),
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -321,8 +313,9 @@ def main() -> None:
         # Rotate the order each round so no contender always runs in the same (busy or quiet) slot.
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             proc = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--contender", name,
-                               "--threads", str(THREADS)],
-                                  env=env, capture_output=True, text=True)
+                                   "--threads", str(THREADS)],
+                                  env={**env, "CAMELID_CPU_ISA": "avx2"} if name == "camelid-avx2" else env,
+                                  capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -336,28 +329,35 @@ def main() -> None:
         ok = [r for r in runs[name] if "error" not in r]
         rows.append(min(ok, key=lambda r: r["decode_ms_per_token"]) if ok else runs[name][-1])
     ref = {r["contender"]: r for r in rows if "error" not in r}
-    print(f"\n{'contender':<16} {'decode ms/tok':>13} {'(min)':>7} {'prefill tok/s':>13} {'load s':>7} {'peak RSS MB':>11}")
+    print(f"\n{'contender':<16} {'decode ms/tok':>13} {'(min)':>7} {'(CPU ms)':>8} {'prefill tok/s':>13} "
+          f"{'(per CPU s)':>11} {'load s':>7} {'peak RSS MB':>11}")
     for r in rows:
         if "error" in r:
             print(f"{r['contender']:<16} failed: {r['error'][0]}")
             continue
         print(f"{r['contender']:<16} {r['decode_ms_per_token']:>13.1f} {r['decode_ms_per_token_min']:>7.1f} "
-              f"{r['prefill_tokens_per_s']:>13.1f} "
+              f"{r['decode_cpu_ms_per_token']:>8.1f} {r['prefill_tokens_per_s']:>13.1f} {r['prefill_tokens_per_cpu_s']:>11.1f} "
               f"{r['load_s']:>7.1f} {r['peak_rss_mb']:>11.0f}")
     ratios = {}
-    if "camelid-int4" in ref:
-        c = ref["camelid-int4"]["decode_ms_per_token"]
+    if "camelid" in ref:
+        c = ref["camelid"]
         for other, target in (("llamacpp-q4_0", 0.9), ("hf-fp32", 0.45)):
             if other in ref:
-                ratios[f"camelid/{other}"] = {"ratio": c / ref[other]["decode_ms_per_token"], "target": target}
+                ratios[f"camelid/{other}"] = {"ratio": c["decode_ms_per_token"] / ref[other]["decode_ms_per_token"],
+                                              "target": target}
                 print(f"camelid / {other} decode: {ratios[f'camelid/{other}']['ratio']:.2f} (target <= {target})")
+        if "llamacpp-q4_0" in ref:
+            ratios["camelid/llamacpp-q4_0 prefill tok/s"] = {
+                "ratio": c["prefill_tokens_per_s"] / ref["llamacpp-q4_0"]["prefill_tokens_per_s"], "target": ">= 1.0"}
+            print(f"camelid / llamacpp-q4_0 prefill tok/s: {ratios['camelid/llamacpp-q4_0 prefill tok/s']['ratio']:.2f}"
+                  " (target >= 1.0)")
     results = RESULTS_DIR / ("decode.json" if THREADS == 2 else f"decode-{THREADS}threads.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
         "setup": {"model": "Llama, 2 layers of Llama-7B shape, random weights, untied head", "threads": THREADS,
                   "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS, "prefill_tokens": PREFILL_LEN,
                   "quantized": f"{BITS}-bit g{GROUP} (GPTQ, lm_head too) / Q4_0 (all matrices)",
-                  "rounds": args.rounds, "cpu_threads_available": os.cpu_count(),
+                  "rounds": args.rounds, "cpu_threads_available": os.cpu_count(), "cpu": cpu.summary(),
                   "load_average_at_end": os.getloadavg()},
         "results": rows, "ratios": ratios, "all_runs": runs}, indent=2))
     print(f"wrote {results}")

@@ -56,11 +56,12 @@ def child(spec: dict) -> None:
         model.quantize(calib, batch_size=spec["batch"])
         model.save(spec["out"])
     else:
-        from camelid.quant import quantize
+        from camelid.quant import QuantParams, RunOptions, quantize
 
-        quantize(spec["model"], spec["out"], bits=spec["bits"], group_size=spec["group_size"],
-                 act_order=spec["act_order"], damp=0.01, calibration=ids, method=spec["tool"],
-                 batch_size=spec["batch"], device="cpu", progress=False)
+        params = QuantParams(bits=spec["bits"], group_size=spec["group_size"], act_order=spec["act_order"],
+                             damp=0.01, method=spec["tool"])
+        quantize(spec["model"], spec["out"], params, calibration=ids,
+                 options=RunOptions(batch_size=spec["batch"], device="cpu", progress=False))
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     print("RESULT " + json.dumps({"quant_s": seconds, "peak_rss_mb": peak}), flush=True)

@@ -66,12 +66,12 @@ def generate(path: Path, layers: int, seed: int = 0) -> int:
 def child(model: str, out: str, nsamples: int, seq_len: int) -> None:
     import torch
 
-    from camelid.quant import quantize
+    from camelid.quant import QuantParams, RunOptions, quantize
 
     torch.set_num_threads(2)
     ids = torch.randint(3, SHAPES["vocab_size"], (nsamples, seq_len), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    quantize(model, out, bits=4, group_size=128, calibration=ids, device="cpu", progress=True)
+    quantize(model, out, QuantParams(bits=4, group_size=128), options=RunOptions(device="cpu"), calibration=ids)
     peak = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines()
                 if x.startswith("VmHWM:"))
     print("RESULT " + json.dumps({"quant_s": time.perf_counter() - t0, "peak_rss_bytes": peak * 1024}), flush=True)

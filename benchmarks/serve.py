@@ -205,6 +205,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    from camelid.runtime import cpu_kernels, plan_kernels
+
+    # The server runs on this host: its CPU, ISA level, C++ path and per-layer kernels are these.
+    kernels = {**cpu_kernels.status(), "plan": plan_kernels(args.model, device="cpu").get("kernels")}
+    print(f"CPU: {kernels['cpu']['model']}; flags: {' '.join(kernels['cpu']['flags'])}; kernels {kernels['plan']}; "
+          f"C++: {kernels['cpp_kernels'] or kernels['cpp_kernels_unavailable']}", file=sys.stderr)
 
     port = free_port()
     server = start_server(args.model, port, args.threads)
@@ -245,6 +251,7 @@ def main() -> int:
         "speedup_max_vs_1": round(speedup, 2),
         "soak": soak_row,
         "hf_generate_batch": hf_rows,
+        "kernels": kernels,
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
     }

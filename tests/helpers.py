@@ -188,10 +188,10 @@ def quantize_with_gptqmodel(base: Path, out: Path, bits: int = 4, group_size: in
 
 
 def crash_after_layer(layer: int):
-    """A `quant.engine.save_progress` that saves, then interrupts the run (Ctrl-C) after `layer`."""
-    from camelid.quant import engine
+    """A `quant.loop.save_progress` that saves, then interrupts the run (Ctrl-C) after `layer`."""
+    from camelid.quant import loop
 
-    real_save = engine.save_progress
+    real_save = loop.save_progress
 
     def save_then_crash(work, progress, hidden, done):
         real_save(work, progress, hidden, done)

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 import camelid
 from camelid.errors import CamelidError
 from camelid.runtime import describe_kernels, plan_kernels
+from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
 
 STORIES_DIR = Path(__file__).resolve().parents[1] / "examples" / "stories260K"
@@ -43,7 +44,8 @@ def test_gptq_checkpoint_logits_match_dequantized_model(tmp_path, bits, group_si
     model, _ = camelid.load(tmp_path)
     info = describe_kernels(model)
     assert model.dtype == torch.bfloat16 and info["quantized_layers"] == 14
-    expected = "int4" if bits <= 4 else ("int8" if group_size == -1 else "dense")
+    q4x8 = group_size in (-1, 64, 128) and K.cpu_kernels.unavailable_reason() is None
+    expected = ("q4x8" if q4x8 else "int4") if bits <= 4 else ("int8" if group_size == -1 else "dense")
     assert info["kernels"] == {expected: 14}
     logits = _logits(model)
     assert float((logits - ref).abs().max() / ref.abs().max()) < 5e-2
@@ -97,9 +99,13 @@ def test_plan_kernels_matches_what_load_chooses(tmp_path):
     plan = plan_kernels(tmp_path / "a", device="cpu")
     model, _ = camelid.load(tmp_path / "a")
     assert plan["kernels"] == describe_kernels(model)["kernels"] == {"dense": 12}
-    assert set(plan["not_int4"]) == {n for n, m in model.named_modules() if isinstance(m, GPTQLinear)}
+    assert set(plan["not_faster"]) == {n for n, m in model.named_modules() if isinstance(m, GPTQLinear)}
+    assert "int4: 8-bit codes do not fit 4 bits" in next(iter(plan["not_faster"].values()))
+    assert plan["cpu"]["cpu"]["isa"] and "cpp_kernels" in plan["cpu"]
     write_tiny_gptq_llama(tmp_path / "b", bits=4, group_size=-1)
-    assert plan_kernels(tmp_path / "b", device="cpu")["kernels"] == {"int4": 14}
+    fast = "int4" if K.cpu_kernels.unavailable_reason() else "q4x8"
+    assert plan_kernels(tmp_path / "b", device="cpu")["kernels"] == {fast: 14}
+    assert plan_kernels(tmp_path / "b", device="cpu", kernel="int4")["kernels"] == {"int4": 14}
     assert plan_kernels(tmp_path / "b", device="cpu", kernel="int8")["kernels"] == {"int8": 14}
     assert plan_kernels(STORIES_DIR)["quantized"] is False
 

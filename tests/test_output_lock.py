@@ -19,10 +19,15 @@ from safetensors.torch import load_file, save_file
 
 from camelid.checkpoint.output import LOCK
 from camelid.errors import CamelidError
-from camelid.quant import engine, quantize
+from camelid.quant import CalibSpec, QuantParams, RunOptions, loop, quantize
 
 CALIB = Path(__file__).resolve().parents[1] / "examples" / "data" / "tinystories_sample.txt"
-ARGS = dict(dataset="file", dataset_path=CALIB, seq_len=64, nsamples=8, progress=False, group_size=32)
+CAL = CalibSpec(dataset="file", dataset_path=str(CALIB), seq_len=64, nsamples=8)
+QUIET = RunOptions(progress=False)
+
+
+def _q(src, out, bits):
+    return quantize(src, out, QuantParams(bits=bits, group_size=32), CAL, QUIET)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -46,12 +51,12 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory) -> Path:
-    return quantize(STORIES, tmp_path_factory.mktemp("alone") / "q", bits=4, **ARGS)
+    return _q(STORIES, tmp_path_factory.mktemp("alone") / "q", 4)
 
 
 def test_second_writer_refuses_first_is_unharmed(tmp_path, monkeypatch, alone):
     out = tmp_path / "q"
-    real_save = engine.save_progress
+    real_save = loop.save_progress
     second_tried = threading.Event()
 
     def hold_after_layer_0(work, progress, hidden, layer):
@@ -59,16 +64,16 @@ def test_second_writer_refuses_first_is_unharmed(tmp_path, monkeypatch, alone):
         if layer == 0:
             second_tried.wait(120)  # the first run is mid-way when the second one starts
 
-    monkeypatch.setattr(engine, "save_progress", hold_after_layer_0)
+    monkeypatch.setattr(loop, "save_progress", hold_after_layer_0)
     first: dict = {}
-    thread = threading.Thread(target=lambda: first.setdefault("out", quantize(STORIES, out, bits=4, **ARGS)))
+    thread = threading.Thread(target=lambda: first.setdefault("out", _q(STORIES, out, 4)))
     thread.start()
     try:
         while not (out.with_name("q.partial") / "state" / "progress.json").exists():
             assert thread.is_alive()
             thread.join(0.05)
         with pytest.raises(CamelidError, match="being written by another camelid run") as e:
-            quantize(STORIES, out, bits=8, **ARGS)  # the case: --bits 8 three seconds later
+            _q(STORIES, out, 8)  # the case: --bits 8 three seconds later
         assert f'"pid": {os.getpid()}' in str(e.value)  # who holds it
     finally:
         second_tried.set()
@@ -79,11 +84,11 @@ def test_second_writer_refuses_first_is_unharmed(tmp_path, monkeypatch, alone):
 
 
 def _interrupted(tmp_path: Path, monkeypatch, name: str = "q") -> Path:
-    real_save = engine.save_progress
-    monkeypatch.setattr(engine, "save_progress", crash_after_layer(1))
+    real_save = loop.save_progress
+    monkeypatch.setattr(loop, "save_progress", crash_after_layer(1))
     with pytest.raises(KeyboardInterrupt):
-        quantize(STORIES, tmp_path / name, bits=4, **ARGS)
-    monkeypatch.setattr(engine, "save_progress", real_save)
+        _q(STORIES, tmp_path / name, 4)
+    monkeypatch.setattr(loop, "save_progress", real_save)
     return tmp_path / f"{name}.partial"
 
 
@@ -97,7 +102,7 @@ def _die_holding_lock(lock: Path) -> int:
     try:
         assert proc.stdout.readline() == b"locked\n"
         with pytest.raises(CamelidError, match="being written by another camelid run"):  # alive: refused
-            quantize(STORIES, lock.parent.with_name(lock.parent.name.removesuffix(".partial")), bits=4, **ARGS)
+            _q(STORIES, lock.parent.with_name(lock.parent.name.removesuffix(".partial")), 4)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -108,7 +113,7 @@ def test_killed_runs_stale_lock_does_not_block_resume(tmp_path, monkeypatch, alo
     partial = _interrupted(tmp_path, monkeypatch)
     pid = _die_holding_lock(partial / LOCK)
     assert json.loads((partial / LOCK).read_text())["pid"] == pid  # the dead writer's lock file is still there
-    out = quantize(STORIES, tmp_path / "q", bits=4, **ARGS)  # taken over: the run resumes and completes
+    out = _q(STORIES, tmp_path / "q", 4)  # taken over: the run resumes and completes
     assert _files(out) == _files(alone)
 
 
@@ -121,7 +126,7 @@ def test_another_model_into_a_partial_out_is_refused(tmp_path, monkeypatch, alon
     save_file(w, other / "model.safetensors", metadata={"format": "pt"})
     before = _hashes(partial)
     with pytest.raises(CamelidError, match="unfinished run with other settings"):
-        quantize(other, tmp_path / "q", bits=4, **ARGS)
+        _q(other, tmp_path / "q", 4)
     # the partial run is left as it was (the lock file names whoever last held it, so it is not compared)
     assert {k: v for k, v in _hashes(partial).items() if k != LOCK} == {k: v for k, v in before.items() if k != LOCK}
-    assert _files(quantize(STORIES, tmp_path / "q", bits=4, **ARGS)) == _files(alone)
+    assert _files(_q(STORIES, tmp_path / "q", 4)) == _files(alone)

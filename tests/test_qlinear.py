@@ -18,7 +18,7 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group_size", [-1, 32, 64, 128])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order):
+def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order, monkeypatch):
     x = torch.randn(5, N_IN, generator=torch.Generator().manual_seed(1))
     for sym in (True, False):
         for v1 in (True, False):
@@ -36,15 +36,21 @@ def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order):
                         continue  # int4 computes in bf16 whatever the model dtype
                     layer = GPTQLinear(w, kernel, CPU, dtype)
                     xd = x.to(dtype)
-                    y = layer(xd)
-                    assert y.dtype == dtype and y.shape == (5, N_OUT)
                     ref = xd.double() @ w_ref
-                    tol = 1e-5 if dtype == torch.float32 else 1e-2
-                    assert _rel_err(y, ref) < tol, (kernel, dtype, sym, v1)
+                    # q4x8 has two paths: the integer GEMV below CAMELID_Q4X8_DENSE_ROWS rows, a dense GEMM above.
+                    for dense_rows in ("1000", "1") if kernel == "q4x8" else ("1000",):
+                        monkeypatch.setenv(K.DENSE_ROWS_ENV, dense_rows)
+                        y = layer(xd)
+                        assert y.dtype == dtype and y.shape == (5, N_OUT)
+                        exact = kernel == "dense" or dense_rows == "1"
+                        tol = max(K.KERNEL_TOLERANCE["dense" if exact else kernel], 0 if dtype == torch.float32 else 1e-2)
+                        assert _rel_err(y, ref) < tol, (kernel, dense_rows, dtype, sym, v1)
                     tested.append(kernel)
             # The fast kernels really get used where they apply.
             if bits <= 4:
                 assert "int4" in tested
+                if group_size != 32 and K.cpu_kernels.unavailable_reason() is None:
+                    assert "q4x8" in tested
             if group_size == -1:
                 assert "int8" in tested
 
@@ -74,8 +80,11 @@ def test_kernel_selection_rule():
         return K.unpack_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, True, gs)
 
     cuda = torch.device("cuda")
-    assert K.choose_kernel(weight(4, 128), CPU) == "int4"
-    assert K.choose_kernel(weight(3, 64), CPU) == "int4"
+    fast = "q4x8" if K.why_not("q4x8", weight(4, 128), CPU) is None else "int4"
+    assert K.choose_kernel(weight(4, 128), CPU) == fast
+    assert K.choose_kernel(weight(3, 64), CPU) == fast
+    assert K.choose_kernel(weight(4, 32), CPU) == "int4"  # q4x8 reads 64 inputs per step
+    assert K.why_not("q4x8", weight(4, 128), cuda) == "q4x8 kernel is CPU only"
     assert K.choose_kernel(weight(8, -1), CPU) == "int8"
     assert K.choose_kernel(weight(8, 128), CPU) == "dense"
     assert K.int4_group_size(weight(4, -1)) == 256  # one group = the same scale repeated
@@ -86,3 +95,14 @@ def test_kernel_selection_rule():
         K.choose_kernel(weight(8, 128), CPU, requested="int4")
     with pytest.raises(CamelidError, match="unknown kernel"):
         K.choose_kernel(weight(4, 128), CPU, requested="marlin")
+
+
+def test_without_cpp_kernels_layers_fall_back_to_torch_int4(monkeypatch):
+    """What a machine without a C++ compiler runs: CAMELID_CPU_KERNELS=0 takes the same branch."""
+    monkeypatch.setenv("CAMELID_CPU_KERNELS", "0")
+    t = random_gptq_layer(N_IN, N_OUT, 4, 128, False, True, True)
+    w = K.unpack_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 4, True, 128)
+    assert "CAMELID_CPU_KERNELS=0" in K.why_not("q4x8", w, CPU)
+    assert K.choose_kernel(w, CPU) == "int4"
+    with pytest.raises(CamelidError, match="C\\+\\+ kernels unavailable"):
+        K.choose_kernel(w, CPU, requested="q4x8")

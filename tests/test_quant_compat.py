@@ -10,7 +10,7 @@ import torch
 from camelid.checkpoint import open_checkpoint
 from camelid.formats.gptq.pack import dequantize
 from camelid.formats.gptq.reader import dense_model
-from camelid.quant import quantize
+from camelid.quant import QuantParams, RunOptions, quantize
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 gptqmodel = pytest.importorskip("gptqmodel")
@@ -19,6 +19,7 @@ pytest.importorskip("optimum")
 pytestmark = pytest.mark.compat
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "examples" / "stories260K"
+QUIET = RunOptions(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,8 @@ def _module_dequant_matches(gm_model, path: Path, bits: int) -> int:
 def test_camelid_checkpoint_runs_in_transformers(tiny, tmp_path, bits, act_order, sym):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    out = quantize(tiny, tmp_path / "q", bits=bits, group_size=128, act_order=act_order, sym=sym,
-                   calibration=_calibration(), progress=False)
+    out = quantize(tiny, tmp_path / "q", QuantParams(bits=bits, group_size=128, act_order=act_order, sym=sym),
+                   options=QUIET, calibration=_calibration())
     model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", dtype=torch.float16)
     layer = model.model.layers[0]
     assert type(layer.mlp.down_proj) is torch.nn.Linear  # declared unquantized: loaded as plain Linear
@@ -87,8 +88,8 @@ def test_camelid_checkpoint_runs_in_transformers(tiny, tmp_path, bits, act_order
 def test_gptqmodel_loader_reads_camelid_checkpoint(tiny, tmp_path):
     from gptqmodel import BACKEND, GPTQModel
 
-    out = quantize(tiny, tmp_path / "q", bits=4, group_size=128, act_order=True, calibration=_calibration(),
-                   progress=False)
+    out = quantize(tiny, tmp_path / "q", QuantParams(bits=4, group_size=128, act_order=True), options=QUIET,
+                   calibration=_calibration())
     gm = GPTQModel.load(str(out), device="cpu", backend=BACKEND.TORCH, dtype=torch.float16)
     assert type(gm.model.model.layers[1].mlp.down_proj) is torch.nn.Linear  # `dynamic` "-:" rule honoured
     assert _module_dequant_matches(gm.model, out, 4) == 2 * 6

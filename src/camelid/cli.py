@@ -16,7 +16,7 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2))
 
 
-# --- checkpoint: info, convert, recover, make-diff (issue: foundation) --------------------------------
+# --- checkpoint: info, convert, recover, make-diff ----------------------------------------------------------
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -46,7 +46,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if "kernels" in summary:
         plan = summary["kernels"]
         print(f"kernels:      {json.dumps(plan['kernels'])} on {plan['device']}"
-              + (f"; not int4: {json.dumps(plan['not_int4'])}" if plan.get("not_int4") else ""))
+              + (f"; not faster: {json.dumps(plan['not_faster'])}" if plan.get("not_faster") else ""))
+        if "cpu" in plan:
+            cpu = plan["cpu"]
+            print(f"cpu:          {cpu['cpu']['model']}, ISA level {cpu['cpu']['isa']}"
+                  + (" (forced by CAMELID_CPU_ISA)" if cpu["cpu"]["isa_forced"] else "")
+                  + f"; C++ kernels: {cpu['cpp_kernels'] or 'not used, ' + str(cpu['cpp_kernels_unavailable'])}")
     return 0
 
 
@@ -89,7 +94,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="Hub branch, tag or commit")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto", help="device whose kernels to report for a GPTQ model")
-    p.add_argument("--kernel", default="auto", choices=["auto", "int4", "int8", "dense"],
+    p.add_argument("--kernel", default="auto", choices=["auto", "q4x8", "int4", "int8", "dense"],
                    help="report as if this kernel were forced")
     p.set_defaults(func=_cmd_info)
 
@@ -123,21 +128,20 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_make_diff)
 
 
-# --- quantize (issue: GPTQ engine) ---------------------------------------------------------------------
+# --- quantize: GPTQ and RTN into the GPTQ (v1) format -------------------------------------------------------
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from camelid.quant import quantize
+    from camelid.quant import CalibSpec, QuantParams, RunOptions, quantize
 
-    out = quantize(
-        args.model, args.out, bits=args.bits, group_size=args.group_size, act_order=args.act_order,
-        damp=args.damp, dataset=args.dataset, dataset_path=args.dataset_path, seq_len=args.seq_len,
-        nsamples=args.nsamples, sym=args.sym, true_sequential=args.true_sequential,
-        static_groups=args.static_groups, mse=args.mse, lm_head=args.lm_head, device=args.device,
-        seed=args.seed, method=args.method, template=args.template, spill=args.spill,
-        overwrite=args.overwrite, revision=args.revision, max_shard_size=args.max_shard_size,
-        compute=args.compute_dtype,
-    )
+    params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                         sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                         mse=args.mse, lm_head=args.lm_head, method=args.method)
+    calib = CalibSpec(dataset=args.dataset, dataset_path=args.dataset_path, nsamples=args.nsamples,
+                      seq_len=args.seq_len, seed=args.seed, template=args.template)
+    options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
+                         revision=args.revision, max_shard_size=args.max_shard_size)
+    out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 
@@ -180,7 +184,7 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_quantize)
 
 
-# --- generate, chat, eval (issue: runtime) -------------------------------------------------------------
+# --- generate, chat, eval -----------------------------------------------------------------------------------
 
 
 def _load_model(args, reference: bool = False):
@@ -292,11 +296,23 @@ def _cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
 
+def _load_eval_model(args, reference: bool = False):
+    """A model folder through camelid.load, or a GGUF file through llama.cpp (issue 11: GGUF rows measured)."""
+    from camelid.runtime.llamacpp import is_gguf, load_gguf
+
+    path = args.reference if reference else args.model
+    if not is_gguf(path):
+        return _load_model(args, reference)
+    if not reference and (args.revision or args.dtype or args.kernel != "auto"):
+        raise CamelidError("--revision, --dtype and --kernel apply to model folders, not GGUF files")
+    return load_gguf(path, n_ctx=args.seq_len)
+
+
 def _cmd_eval_ppl(args) -> int:
     from camelid.eval import perplexity
 
     text = _eval_text(args)  # a missing or binary data file fails before the model loads
-    model, tok = _load_model(args)
+    model, tok = _load_eval_model(args)
     _print_json(perplexity(model, tok, text, args.seq_len, args.doc_sep) | {"model": args.model, "data": args.data})
     return 0
 
@@ -305,8 +321,8 @@ def _cmd_eval_kld(args) -> int:
     from camelid.eval import kl_divergence
 
     text = _eval_text(args)
-    model, tok = _load_model(args)
-    ref, _ = _load_model(args, reference=True)
+    model, tok = _load_eval_model(args)
+    ref, _ = _load_eval_model(args, reference=True)
     result = kl_divergence(model, ref, tok, text, args.seq_len, args.doc_sep)
     _print_json(result | {"model": args.model, "reference": args.reference, "data": args.data})
     return 0
@@ -339,7 +355,7 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     for name, func, help_ in (("ppl", _cmd_eval_ppl, "perplexity (GPTQ protocol), JSON on stdout"),
                               ("kld", _cmd_eval_kld, "KL divergence and top-1 agreement vs a reference model")):
         p = ev.add_parser(name, help=help_)
-        _add_model_args(p)
+        _add_model_args(p)  # MODEL (and --reference) may also be a .gguf file, run by llama.cpp
         if name == "kld":
             p.add_argument("--reference", required=True, help="reference model (e.g. the fp16 original)")
         p.add_argument("--data", required=True, help="text file; scored as '\\n\\n'.join of its lines")
@@ -440,7 +456,40 @@ def _add_eval_task_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_cmd_eval_suite if name == "suite" else _cmd_eval_task)
 
 
-# --- serve (issue: serve) ------------------------------------------------------------------------------
+# --- export: GGUF for llama.cpp -----------------------------------------------------------------------------
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    from camelid.export import GGUFExport, export_gguf
+
+    settings = GGUFExport(types=tuple(args.types.split(",")), name=args.name, chat_template=args.template,
+                          threads=args.threads, overwrite=args.overwrite)
+    for path in export_gguf(args.model, args.out, settings, revision=args.revision):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:,.1f} MB)")
+    return 0
+
+
+def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="write a model in another runtime's format (GGUF for llama.cpp)")
+    p = ex.add_subparsers(dest="export_format", required=True).add_parser(
+        "gguf", help="HF Llama -> OUT/<name>.<TYPE>.gguf per type (K-quants through llama.cpp's quantizer)")
+    p.add_argument("model", help="model folder or Hub repo id (floating point, not quantized)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--types", default="f16",
+                   help="comma-separated: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 (written by camelid); "
+                        "q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k (llama.cpp, the "
+                        "gguf extra); default f16")
+    p.add_argument("--name", default=None, help="file name stem (default: the model's name, lower-cased)")
+    p.add_argument("--template", default=None,
+                   help="chat template to embed: a camelid template name (tulu, ...) or Jinja "
+                        "(default: the model's own chat_template, if any)")
+    p.add_argument("--threads", type=T.int_at_least(0), default=0, help="llama.cpp quantizer threads (0: all cores)")
+    p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_export_gguf)
+
+
+# --- serve --------------------------------------------------------------------------------------------------
 
 
 def _add_serve_commands(sub: argparse._SubParsersAction) -> None:
@@ -501,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant_commands(sub)
     _add_runtime_commands(sub)
     _add_eval_task_commands(sub)
+    _add_export_commands(sub)
     _add_serve_commands(sub)
     return parser
 

@@ -145,6 +145,36 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     lock.release()
 
 
+def check_output_file(out: str | Path, overwrite: bool = False, magic: bytes = b"") -> None:
+    """The file counterpart of check_output: `overwrite` replaces only a regular file that starts with
+    `magic` (the format camelid writes there, e.g. b"GGUF"), never a folder, a link or another kind of file."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
+    if out.is_symlink() or not out.is_file() or out.read_bytes()[:len(magic)] != magic:
+        raise CamelidError(f"output {out} exists and is not a {magic.decode() or 'regular'} file; "
+                           "--overwrite only replaces camelid's own output")
+
+
+@contextlib.contextmanager
+def atomic_output_file(out: str | Path, overwrite: bool = False, magic: bytes = b"") -> Iterator[Path]:
+    """Yield `OUT.partial` to write into; rename it to OUT when the block completes, remove it on failure
+    (`overwrite` and `magic` as in check_output_file)."""
+    out = Path(out)
+    check_output_file(out, overwrite, magic)
+    work = out.with_name(out.name + ".partial")
+    try:
+        yield work
+        work.replace(out)
+    except BaseException as e:
+        work.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise CheckpointError(f"disk full while writing {out}; partial output removed") from e
+        raise
+
+
 def copy_side_files(src: Path, dst: Path, names: tuple[str, ...] = SIDE_FILES) -> list[str]:
     copied = []
     for name in names:

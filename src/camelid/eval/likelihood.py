@@ -68,9 +68,14 @@ def _batches(windows: torch.Tensor | list[torch.Tensor]):
     yield from windows.split(per)
 
 
+def _device(model) -> torch.device:
+    # `.device` as Transformers models have it; llama.cpp's GGUF models (camelid.runtime.llamacpp) too.
+    return model.device if hasattr(model, "device") else next(model.parameters()).device
+
+
 def _log_probs(model, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """float32 log-probs on `device` (where the metrics are reduced; only scalars leave it)."""
-    logits = model(input_ids=batch.to(next(model.parameters()).device), use_cache=False).logits
+    logits = model(input_ids=batch.to(_device(model)), use_cache=False).logits
     return F.log_softmax(logits.to(device, torch.float32), dim=-1)
 
 
@@ -89,7 +94,7 @@ def _windows(model, tokenizer, text, seq_len, doc_sep):
 def perplexity(model, tokenizer, text: str, seq_len: int = 2048, doc_sep: str | None = None) -> dict:
     """PPL of `model` on `text` (already joined, see `read_gptq_text`), GPTQ windows unless `doc_sep`."""
     windows = _windows(model, tokenizer, text, seq_len, doc_sep)
-    device = next(model.parameters()).device
+    device = _device(model)
     nll, count = 0.0, 0
     for batch in _batches(windows):
         nll += _nll(_log_probs(model, batch, device), batch)
@@ -108,7 +113,7 @@ def kl_divergence(model, reference_model, tokenizer, text: str, seq_len: int = 2
     positions where both pick the same top-1 token, and both perplexities from the same forward passes.
     """
     windows = _windows(model, tokenizer, text, seq_len, doc_sep)
-    device = next(model.parameters()).device
+    device = _device(model)
     kls, agree, nll, nll_ref, count = [], 0, 0.0, 0.0, 0
     for batch in _batches(windows):
         lp, lp_ref = _log_probs(model, batch, device), _log_probs(reference_model, batch, device)

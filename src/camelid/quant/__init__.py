@@ -2,4 +2,6 @@
 
 from camelid._lazy import lazy_exports
 
-__all__, __getattr__ = lazy_exports(__name__, {"engine": ("quantize",)})
+# `quantize` needs torch and transformers: imported on first use, so the settings stay light
+__all__, __getattr__ = lazy_exports(__name__, {"api": ("quantize",),
+                                               "settings": ("CalibSpec", "QuantParams", "RunOptions")})

@@ -9,8 +9,8 @@ import torch
 from camelid.checkpoint.source import Checkpoint
 from camelid.errors import CamelidError, CheckpointError
 from camelid.formats.gptq.layout import packable
-from camelid.quant.format import QuantParams
 from camelid.quant.layer import LINEARS, layer_prefix
+from camelid.quant.settings import QuantParams
 
 
 def linear_dims(ckpt: Checkpoint, name: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import torch
 
 from camelid.errors import CamelidError
 from camelid.quant.quantizer import dequantize, find_params, max_q, quantize
+from camelid.quant.settings import QuantParams
 
 
 @dataclass
@@ -86,12 +87,13 @@ class Hessian:
 
 
 def _group_count(columns: int, group_size: int) -> tuple[int, int]:
-    gs = columns if group_size in (-1, 0) else group_size
+    gs = columns if group_size == -1 else group_size
     return gs, math.ceil(columns / gs)
 
 
-def rtn(w: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True, mse: bool = False) -> QuantResult:
+def rtn(w: torch.Tensor, params: QuantParams) -> QuantResult:
     """Round-to-nearest on the same per-group grid (the baseline GPTQ improves on)."""
+    bits, group_size, sym, mse = params.bits, params.group_size, params.sym, params.mse
     w = w.float()
     rows, columns = w.shape
     gs, ngroups = _group_count(columns, group_size)
@@ -163,16 +165,17 @@ def inverse_cholesky(h: torch.Tensor, damp: float, damp_step: float = 0.01) -> t
     return factor, used
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor | None, bits: int, group_size: int = 128, sym: bool = True,
-         act_order: bool = False, static_groups: bool = False, damp: float = 0.01, mse: bool = False,
-         block_size: int = 128, prepared: tuple | None = None, overwrite: bool = False) -> QuantResult:
+def gptq(w: torch.Tensor, h: torch.Tensor | None, params: QuantParams, block_size: int = 128,
+         prepared: tuple | None = None, overwrite: bool = False) -> QuantResult:
     """Quantize W [out, in] with Hessian H [in, in] (or its `prepare_hessian` result). Inputs are left
     unchanged, except W with `overwrite` (used as scratch when it is a transposed fp32 buffer).
 
     Works on W^T so that a column of W is a contiguous row: the per-column rank-1 updates then
     stream through memory instead of striding across it.
     """
-    dead, perm, Hinv, damp_used = prepared or prepare_hessian(h, act_order, damp)
+    bits, group_size, sym, mse = params.bits, params.group_size, params.sym, params.mse
+    act_order, static_groups = params.act_order, params.static_groups
+    dead, perm, Hinv, damp_used = prepared or prepare_hessian(h, act_order, params.damp)
     device = Hinv.device
     Wt = w.to(device, torch.float32).t()  # [in, out]
     if not (overwrite and Wt.is_contiguous() and Wt.data_ptr() == w.data_ptr()):

@@ -2,11 +2,14 @@
 
 The GPTQ layer loop needs, for each group of Linears that read the same input (true-sequential
 order k,v,q -> o -> up,gate -> down), that input computed through the layer as it stands. Instead of
-re-running the whole layer under hooks once per group (AutoGPTQ), each stage computes its input from
-what the previous stage left behind, so attention and every Linear run about once per layer.
+re-running the whole layer under hooks once per group (AutoGPTQ), each named `Stage` computes its input
+from what the previous stage left behind, so attention and every Linear run about once per layer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -85,27 +88,62 @@ class _Stop(Exception):
     pass
 
 
-def stage_input(layer: nn.Module, stage: int, h: torch.Tensor, carry: torch.Tensor | None, pe,
-                x2_in_h: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Input of GROUPS[stage]; returns (input, carry for the next stage, replacement for h or None).
+@dataclass(frozen=True)
+class Stage:
+    """One step of the walk through a layer: computes the input of `linears` (a group that shares it).
 
-    Each stage starts from what the previous one left in `carry` (x1 = ln1(h), then the attention
-    context, then the post-attention residual h2), so later stages see the already-quantized Linears
-    of earlier ones (true-sequential) and no norm or projection is computed twice. Stage 2 also
-    returns x2 = ln2(h2), which the caller may keep in place of h (`x2_in_h` for stage 3).
+    `run(layer, h, left, pe, x2_in_h)` gets the layer input h and the value the previous stage `left`
+    (named by that stage's `leaves`), and returns (the group's input, the value to leave for the next
+    stage or None to keep it, a replacement for h or None). Each stage starts from what the previous
+    one left, so later stages see the already-quantized Linears of earlier ones (true-sequential) and
+    no norm or projection is computed twice.
     """
-    if stage == 0:
-        x1 = layer.input_layernorm(h)
-        return x1, x1, None
-    if stage == 1:
-        ctx = _attention_context(layer, carry, pe)
-        return ctx, ctx, None
-    if stage == 2:
-        h2 = h + layer.self_attn.o_proj(carry)
-        x2 = layer.post_attention_layernorm(h2)
-        return x2, h2, x2
-    x2 = h if x2_in_h else layer.post_attention_layernorm(carry)
-    return mlp_activation(layer, x2), carry, None
+
+    name: str
+    linears: tuple[str, ...]
+    # the module whose output the group reads: the place an activation-aware method (AWQ) folds its
+    # input scales into, as AutoAWQ's `scale_fc_fc`/`scale_ln_fcs` do
+    after: str
+    leaves: str  # what `left` holds once this stage ran
+    run: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+    # Linears the rest of the walk never runs again once this stage has (true-sequential): their
+    # weights need not stay in RAM while the later, wider Hessians are factored
+    done_with: tuple[str, ...] = ()
+    reads_left: bool = True  # False for the first stage, which starts from h alone
+
+
+def _attention_input(layer, h, left, pe, x2_in_h):
+    x1 = layer.input_layernorm(h)
+    return x1, x1, None
+
+
+def _attention_output_input(layer, h, x1, pe, x2_in_h):
+    ctx = _attention_context(layer, x1, pe)
+    return ctx, ctx, None
+
+
+def _mlp_input(layer, h, ctx, pe, x2_in_h):
+    """Also returns x2 = ln2(h2) as h's replacement: the caller may keep it in place of h (the layer
+    input is not needed again), which the next stage reads with `x2_in_h`."""
+    h2 = h + layer.self_attn.o_proj(ctx)
+    x2 = layer.post_attention_layernorm(h2)
+    return x2, h2, x2
+
+
+def _down_input(layer, h, h2, pe, x2_in_h):
+    x2 = h if x2_in_h else layer.post_attention_layernorm(h2)
+    return mlp_activation(layer, x2), None, None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("attention input", GROUPS[0], after="input_layernorm", leaves="x1 = ln1(h)", run=_attention_input,
+          reads_left=False),
+    Stage("attention context", GROUPS[1], after="self_attn.v_proj", leaves="attention context",
+          run=_attention_output_input),
+    Stage("mlp input", GROUPS[2], after="post_attention_layernorm", leaves="h2 (post-attention residual)",
+          run=_mlp_input, done_with=(*GROUPS[0], *GROUPS[1])),
+    Stage("mlp hidden", GROUPS[3], after="mlp.up_proj", leaves="h2 (post-attention residual)", run=_down_input),
+)
 
 
 def mlp_activation(layer: nn.Module, x2: torch.Tensor) -> torch.Tensor:

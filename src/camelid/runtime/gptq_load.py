@@ -24,6 +24,7 @@ from camelid.device import resolve_device
 from camelid.errors import CheckpointError
 from camelid.formats.gptq.config import GPTQConfig, read_config
 from camelid.formats.gptq.pack import SUPPORTED_BITS, default_g_idx
+from camelid.runtime import cpu_kernels
 from camelid.runtime import kernels as K
 from camelid.runtime.qlinear import GPTQLinear
 
@@ -164,12 +165,17 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
         bits = _layer_bits(ckpt, prefix, n_in, qcfg.bits)
         w = K.GPTQWeight(q=torch.empty(n_in, n_out, dtype=torch.int32, device="meta"), zeros=None, scales=None,
                          g=torch.sort(g).values, perm=None, bits=bits)
-        layers[prefix] = K.choose_kernel(w, dev, kernel, name=prefix, capability=capability)
-        if layers[prefix] != "int4":
-            reasons[prefix] = K.why_not("int4", w, dev, capability)
-    return {"quantized": True, "device": str(dev), "bits": qcfg.bits, "group_size": qcfg.group_size,
+        layers[prefix] = chosen = K.choose_kernel(w, dev, kernel, name=prefix, capability=capability)
+        # Why each kernel the rule prefers over the chosen one did not apply (none when it was forced).
+        passed = {k: K.why_not(k, w, dev, capability) for k in K.KERNELS[:K.KERNELS.index(chosen)]}
+        if kernel == "auto" and passed:
+            reasons[prefix] = "; ".join(f"{k}: {r}" for k, r in passed.items())
+    plan = {"quantized": True, "device": str(dev), "bits": qcfg.bits, "group_size": qcfg.group_size,
             "format": "gptq" if qcfg.v1 else "gptq_v2", "kernels": dict(sorted(Counter(layers.values()).items())),
-            "not_int4": reasons}
+            "not_faster": reasons}
+    if dev.type == "cpu":
+        plan["cpu"] = cpu_kernels.status()
+    return plan
 
 
 def describe_kernels(model: nn.Module) -> dict:
@@ -187,10 +193,13 @@ def describe_kernels(model: nn.Module) -> dict:
         "act_order_layers": sum(1 for m in layers.values() if m.perm is not None),
         "bits": dict(sorted(Counter(str(m.bits) for m in layers.values()).items())),
         "notes": {k: v for k, v in KERNEL_NOTES.items() if k in counts},
+        **({"cpu": cpu_kernels.status()} if first is None or first.device.type == "cpu" else {}),
     }
 
 
 KERNEL_NOTES = {
+    "q4x8": "camelid C++ (runtime/cpu/q4x8.cpp): 4-bit weights x int8 activations, integer dot products; "
+            "dequantize + dense GEMM for prefill-sized inputs; 0.5 byte/weight + 8 bytes/block",
     "int4": "torch int4 tinygemm (_weight_int4pack_mm[_for_cpu]), bf16 activations, 0.5 byte/weight",
     "int8": "torch _weight_int8pack_mm, per-channel scales, 1 byte/weight",
     "dense": "dequantized at load to the model dtype (full-precision memory)",

@@ -4,6 +4,13 @@ Every kernel computes y = x @ W^T with W[o, i] = s[g(i), o] * (q[i, o] - z[g(i),
 (`camelid.formats.gptq.pack.dequantize`). Layouts are converted once here, at load; the per-call work is the
 matmul op plus, for act-order layers, one index_select on the activations.
 
+- "q4x8" (CPU, needs a C++ compiler at first use): 2/3/4-bit codes packed two per byte, activations
+  quantized to int8 per block at call time, integer dot products (AVX2 maddubs, AVX-VNNI / AVX512-VNNI
+  dpbusd), the approach of llama.cpp's Q4_0 x Q8_0 (`runtime/cpu/q4x8.cpp`, built for the host's ISA by
+  `cpu_kernels`). Its cost grows slowly with rows (a weight row is unpacked once per 4 activation rows), so
+  serving batches gain; from `dense_rows()` rows on (prefill) it dequantizes the layer into a reused
+  scratch matrix and runs one dense GEMM (bf16 where the CPU has AVX512-BF16/AMX, else fp32).
+  Blocks of kb in {64, 128, 256} sorted rows share a scale, as for int4.
 - "int4": torch's int4 tinygemm (`_weight_int4pack_mm_for_cpu` on CPU, `_weight_int4pack_mm` on CUDA
   sm80+), bf16 activations. Its weights are w = (q - 8) * s + zf per (group, output), so GPTQ's integer
   zero maps exactly to zf = (8 - z) * s. 2- and 3-bit codes fit its 4-bit slots, so it serves bits 2/3/4.
@@ -18,15 +25,25 @@ matmul op plus, for act-order layers, one index_select on the activations.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from camelid.errors import CamelidError
 from camelid.formats.gptq.pack import default_g_idx, unpack_qweight, unpack_qzeros
+from camelid.runtime import cpu_kernels
+from camelid.runtime.cpu_features import cpu_features
 
-KERNELS = ("int4", "int8", "dense")
+KERNELS = ("q4x8", "int4", "int8", "dense")  # the order `choose_kernel` tries them in
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # largest first: fewer scale rows to read per call
+Q4X8_BLOCKS = (256, 128, 64)  # the kernel reads 64 inputs per step
+# How far each kernel's output may be from x @ W_dequantized^T, as max|y - ref| / max|ref| with the model
+# dtype's rounding on top (bf16: 1e-2). q4x8 rounds activations to int8 per block (<= 0.4% per element).
+KERNEL_TOLERANCE = {"q4x8": 2e-2, "int4": 1e-2, "int8": 1e-5, "dense": 1e-5}
+DENSE_ROWS_ENV = "CAMELID_Q4X8_DENSE_ROWS"
 
 
 @dataclass
@@ -90,11 +107,27 @@ def int4_group_size(w: GPTQWeight) -> int | None:
     return None
 
 
+def q4x8_block_size(w: GPTQWeight) -> int | None:
+    kg = int4_group_size(w)
+    return kg if kg in Q4X8_BLOCKS else None
+
+
 def why_not(kernel: str, w: GPTQWeight, device: torch.device, capability: tuple[int, int] | None = None) -> str | None:
     """None when `kernel` can run this layer on `device`, else the reason it cannot.
     `capability` is the CUDA compute capability (looked up when None)."""
     if kernel == "dense":
         return None
+    if kernel == "q4x8":
+        if device.type != "cpu":
+            return "q4x8 kernel is CPU only"
+        if w.bits > 4:
+            return f"{w.bits}-bit codes do not fit 4 bits"
+        if q4x8_block_size(w) is None:
+            return "groups are not a multiple of 64 rows"
+        reason = cpu_kernels.unavailable_reason()
+        if reason is None and cpu_kernels.load_extension() is None:
+            reason = cpu_kernels.build_error()
+        return f"C++ kernels unavailable: {reason}" if reason else None
     if kernel == "int4":
         if w.bits > 4:
             return f"{w.bits}-bit codes do not fit 4 bits"
@@ -118,7 +151,8 @@ def why_not(kernel: str, w: GPTQWeight, device: torch.device, capability: tuple[
 
 def choose_kernel(w: GPTQWeight, device: torch.device, requested: str = "auto", name: str = "layer",
                   capability: tuple[int, int] | None = None) -> str:
-    """The selection rule: int4 where it applies, else int8 (CPU, single group), else dense.
+    """The selection rule: the first of KERNELS that applies (q4x8 on CPU when its C++ build works, int4,
+    int8 on CPU for a single group), else dense.
     An explicit request that cannot run this layer is an error, not a silent fallback."""
     if requested != "auto":
         reason = why_not(requested, w, device, capability)
@@ -153,6 +187,52 @@ def prepare_int4(w: GPTQWeight, device: torch.device) -> dict:
         inner_k_tiles = next(t for t in (8, 4, 2) if w.in_features % (t * 16) == 0)
         packed = torch.ops.aten._convert_weight_to_int4pack(q8, inner_k_tiles)
     return {"weight": packed, "scales_and_zeros": sz, "group_size": kg}
+
+
+def prepare_q4x8(w: GPTQWeight, device: torch.device) -> dict:
+    kb = q4x8_block_size(w)
+    n_in, n_out = w.q.shape
+    codes = w.q.t().reshape(n_out, n_in // 64, 2, 32)  # [out, chunk, low/high half, 32]
+    packed = (codes[:, :, 0] | codes[:, :, 1] << 4).to(torch.uint8).reshape(n_out, n_in // 2)
+    s = _rows(w, w.scales.to(torch.float32), kb)  # [in // kb, out]
+    sz = s * _rows(w, w.zeros.to(torch.float32), kb)
+    return {"weight": packed.contiguous().to(device), "scales": s.t().contiguous().to(device),
+            "scaled_zeros": sz.t().contiguous().to(device), "block": kb}
+
+
+def dense_rows() -> int:
+    """Rows from which q4x8 dequantizes the layer and runs a dense GEMM instead of its integer GEMV.
+    Measured on a Xeon with AMX (benchmarks/kernels.py): the bf16 route wins from ~48 rows. Without
+    native bf16 the fp32 GEMM is slower relative to the integer path, so the switch comes later (an
+    estimate, not measured on such a CPU: set CAMELID_Q4X8_DENSE_ROWS to tune)."""
+    env = os.environ.get(DENSE_ROWS_ENV)
+    if env:
+        return int(env)
+    return 48 if cpu_features().bf16_gemm else 128
+
+
+_scratch = threading.local()  # one dense matrix per thread, reused by every layer's prefill
+
+
+def _scratch_matrix(n_out: int, n_in: int, dtype: torch.dtype) -> torch.Tensor:
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n_out * n_in:
+        _scratch.buf = buf = None  # free the old one before allocating
+        _scratch.buf = buf = torch.empty(n_out * n_in, dtype=dtype)
+    return buf[:n_out * n_in].view(n_out, n_in)
+
+
+def q4x8_mm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, scaled_zeros: torch.Tensor, block: int,
+            dense_from: int | None = None) -> torch.Tensor:
+    """y = x @ W^T for x [rows, in]; fp32 from the integer path, the GEMM's dtype (bf16 or fp32) from the dense one."""
+    ext = cpu_kernels.load_extension()
+    if x.shape[0] >= (dense_from or dense_rows()):
+        # bf16 activations stay bf16 where the GEMM is native; fp32 models get an exact fp32 GEMM.
+        dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and cpu_features().bf16_gemm else torch.float32
+        w = _scratch_matrix(weight.shape[0], weight.shape[1] * 2, dtype)
+        ext.q4_dequant(weight, scales, scaled_zeros, block, w)
+        return F.linear(x.to(dtype), w)
+    return ext.q4x8_mm(x.to(torch.float32).contiguous(), weight, scales, scaled_zeros, block)
 
 
 def prepare_int8(w: GPTQWeight, device: torch.device, dtype: torch.dtype) -> dict:

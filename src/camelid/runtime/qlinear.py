@@ -22,7 +22,13 @@ class GPTQLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.bits, self.kernel = w.in_features, w.out_features, w.bits, kernel
         self.group_size = 0
-        if kernel == "int4":
+        if kernel == "q4x8":
+            p = K.prepare_q4x8(w, device)
+            self.group_size = p["block"]
+            self.register_buffer("scales", p["scales"])
+            self.register_buffer("scaled_zeros", p["scaled_zeros"])
+            self.compute_dtype = dtype
+        elif kernel == "int4":
             p = K.prepare_int4(w, device)
             self.group_size = p["group_size"]
             self.register_buffer("scales_and_zeros", p["scales_and_zeros"])
@@ -52,7 +58,9 @@ class GPTQLinear(nn.Module):
         if self.perm is not None:
             x = x.index_select(1, self.perm)
         kernel = self.kernel
-        if kernel == "int4":
+        if kernel == "q4x8":
+            y = K.q4x8_mm(x, self.weight_packed, self.scales, self.scaled_zeros, self.group_size)
+        elif kernel == "int4":
             y = K.int4_mm(x.contiguous(), self.weight_packed, self.group_size, self.scales_and_zeros)
         elif kernel == "int8":
             y = torch._weight_int8pack_mm(x.contiguous(), self.weight_packed, self.scales)

@@ -79,7 +79,7 @@ def serve(
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", host)
     if threads is not None:
         # Decode steps on small models are latency-bound: extra intra-op threads on a busy CPU cost more in
-        # synchronisation than they save (see the note of issue 5 for the measurement).
+        # synchronisation than they save (measured with benchmarks/serve.py).
         torch.set_num_threads(threads)
     served = load_for_serving(model, revision=revision, template=template, device=device)
     limits = make_limits(

@@ -1,0 +1,138 @@
+"""Micro-benchmark of the CPU matmuls for 4-bit GPTQ weights, at decode (1 row), serving (2-32) and prefill rows.
+
+For Llama-7B's MLP shapes (11008x4096 and 4096x11008, 4-bit, group 128) it times
+- `int4`: torch's int4 tinygemm with bf16 activations (`_weight_int4pack_mm_for_cpu`),
+- `q4x8@ISA`: camelid's C++ kernel, integer path, for the host's ISA and for each lower level the host
+  can run (so the AVX2 path is measured on an AVX-512 machine too, as `CAMELID_CPU_ISA=avx2` would run it),
+- `dequant+gemm`: camelid's prefill path, q4x8 dequantizing into a scratch matrix + one dense GEMM
+  (bf16 where the CPU has AVX512-BF16/AMX, else fp32),
+- `int8pack`: torch's `_weight_int8pack_mm` (8-bit weights, bf16 activations: twice the bytes),
+- `dense-bf16`: F.linear on already dequantized bf16 weights (4x the bytes; the GEMM alone),
+- `inductor` (with --compile): torch.compile of dequantize-and-multiply from the q4x8 layout.
+Each cell is the best (min) and median wall time over --reps calls with --threads threads, and the
+CPU time of the same call on one thread (`time.thread_time`, the work itself, less disturbed by other
+processes on a shared machine than wall time).
+
+    PYTHONPATH=src python benchmarks/kernels.py [--threads 2] [--reps 7] [--rows 1,4,16,32,64,128,512] [--compile]
+
+Prints a table and writes benchmarks/results/kernels.json (with the CPU model, flags and kernel path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from camelid.runtime import cpu_kernels
+from camelid.runtime import kernels as K
+from camelid.runtime.cpu_features import ISA_FLAGS, ISA_LEVELS, cpu_features
+
+RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
+SHAPES = ((11008, 4096), (4096, 11008))  # (out, in): gate/up and down of Llama-7B
+GROUP = 128
+
+
+def make_weights(n_out: int, n_in: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (n_in, n_out), generator=g, dtype=torch.int32)
+    scales = torch.rand(n_in // GROUP, n_out, generator=g) * 0.02 + 0.005
+    zeros = torch.full((n_in // GROUP, n_out), 8, dtype=torch.int32)
+    w = K.GPTQWeight(q=q, zeros=zeros, scales=scales, g=torch.arange(n_in) // GROUP, perm=None, bits=4)
+    return {"int4": K.prepare_int4(w, torch.device("cpu")), "q4x8": K.prepare_q4x8(w, torch.device("cpu")),
+            "dense": K.dequantize_sorted(w).to(torch.bfloat16).contiguous(),
+            "int8": K.prepare_int8(K.GPTQWeight(q=q * 16, zeros=zeros[:1] * 16, scales=scales[:1] / 16,
+                                                g=torch.zeros(n_in, dtype=torch.long), perm=None, bits=8),
+                                   torch.device("cpu"), torch.bfloat16)}
+
+
+def contenders(weights: dict, compile_inductor: bool) -> dict:
+    p4, p8, pq = weights["int4"], weights["int8"], weights["q4x8"]
+    out = {
+        "int4": lambda x: K.int4_mm(x, p4["weight"], p4["group_size"], p4["scales_and_zeros"]),
+        "int8pack": lambda x: torch._weight_int8pack_mm(x, p8["weight"], p8["scales"]),
+        "dense-bf16": lambda x: F.linear(x, weights["dense"]),
+    }
+    if cpu_kernels.load_extension() is not None:
+        host = cpu_features().isa
+        for isa in ISA_LEVELS[ISA_LEVELS.index(host):]:
+            if isa != "generic" and ISA_FLAGS[isa] <= cpu_features().flags and cpu_kernels.load_extension(isa):
+                ext = cpu_kernels.load_extension(isa)
+                out[f"q4x8@{isa}"] = (lambda e: lambda x: e.q4x8_mm(x.float(), pq["weight"], pq["scales"],
+                                                                     pq["scaled_zeros"], pq["block"]))(ext)
+        out["dequant+gemm"] = lambda x: K.q4x8_mm(x, pq["weight"], pq["scales"], pq["scaled_zeros"], pq["block"],
+                                                  dense_from=1)
+    if compile_inductor:
+        n_out, half = pq["weight"].shape
+
+        def dequant_mm(x, w, s, sz):  # the q4x8 layout: 32 bytes per 64 inputs, low nibbles first
+            chunks = w.view(n_out, -1, 32)
+            codes = torch.cat([chunks & 15, chunks >> 4], dim=2).view(n_out, -1, GROUP).to(torch.float32)
+            return F.linear(x, (codes * s.unsqueeze(-1) - sz.unsqueeze(-1)).view(n_out, -1).to(x.dtype))
+
+        compiled = torch.compile(dequant_mm, dynamic=False)
+        out["inductor"] = lambda x: compiled(x, pq["weight"], pq["scales"], pq["scaled_zeros"])
+    return out
+
+
+def time_call(f, x, reps: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    f(x)  # warm-up: allocations, first-call paths, compilation
+    wall = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(x)
+        wall.append(time.perf_counter() - t0)
+    torch.set_num_threads(1)
+    cpu = []
+    for _ in range(max(2, reps // 2)):
+        t0 = time.thread_time()
+        f(x)
+        cpu.append(time.thread_time() - t0)
+    return {"wall_ms_min": min(wall) * 1e3, "wall_ms_median": statistics.median(wall) * 1e3,
+            "cpu_ms_1thread": min(cpu) * 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--rows", default="1,4,16,32,64,128,512")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) dequant+matmul")
+    args = ap.parse_args()
+    status = cpu_kernels.status()
+    feats = status["cpu"]
+    print(f"CPU: {feats['model']}; flags: {' '.join(feats['flags'])}; ISA level {feats['isa']}; "
+          f"C++ kernels: {status['cpp_kernels'] or status['cpp_kernels_unavailable']}; threads {args.threads}; "
+          f"dense_rows {K.dense_rows()}; load average {os.getloadavg()[0]:.1f}")
+    rows = [int(r) for r in args.rows.split(",")]
+    results = []
+    for n_out, n_in in SHAPES:
+        fns = contenders(make_weights(n_out, n_in), args.compile)
+        print(f"\n[{n_out} x {n_in}] wall ms min / median ({args.threads} threads), CPU ms (1 thread)")
+        print(f"{'contender':<18}" + "".join(f"{'rows ' + str(m):>22}" for m in rows))
+        for name, f in fns.items():
+            cells = []
+            for m in rows:
+                x = torch.randn(m, n_in, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+                r = time_call(f, x, args.reps, args.threads)
+                results.append({"shape": [n_out, n_in], "contender": name, "rows": m, **r})
+                cells.append(f"{r['wall_ms_min']:.2f}/{r['wall_ms_median']:.2f}/{r['cpu_ms_1thread']:.2f}")
+            print(f"{name:<18}" + "".join(f"{c:>22}" for c in cells), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.partial")
+    tmp.write_text(json.dumps({"cpu": status, "threads": args.threads, "reps": args.reps, "group_size": GROUP,
+                               "dense_rows": K.dense_rows(), "load_average_at_end": os.getloadavg(),
+                               "torch": torch.__version__, "results": results}, indent=2))
+    tmp.rename(RESULTS)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`quantize`: a Llama checkpoint in, a GPTQ (v1) checkpoint folder out, settings passed as values."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import torch
+
+from camelid.checkpoint.output import atomic_output_dir, check_output, copy_side_files, write_manifest
+from camelid.checkpoint.source import Checkpoint, open_checkpoint
+from camelid.device import compute_dtype, resolve_device
+from camelid.errors import CamelidError
+from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
+from camelid.formats.gptq.layout import declare_unquantized, packable
+from camelid.quant.assemble import assemble
+from camelid.quant.calib import calibration_windows
+from camelid.quant.checks import FiniteWeights, check_run, default_seq_len, linear_dims
+from camelid.quant.layer import GROUPS, LINEARS, layer_prefix, llama_config
+from camelid.quant.loop import quantize_layers
+from camelid.quant.methods import method_for
+from camelid.quant.progress import LAYERS, STATE, run_fingerprint
+from camelid.quant.settings import CalibSpec, QuantParams, RunOptions
+from camelid.tokenizer import load_tokenizer
+
+
+def check_model(p: QuantParams, config: dict) -> None:
+    """What the settings ask of this particular model (the settings check themselves)."""
+    if config.get("model_type") != "llama":
+        raise CamelidError(f"only Llama-architecture models are supported, got model_type {config.get('model_type')!r}")
+    if p.lm_head and config.get("tie_word_embeddings", False):
+        raise CamelidError("--lm-head needs an untied lm_head; this model ties it to the embeddings")
+
+
+def quantize(model: str | Path, out: str | Path, params: QuantParams, calib: CalibSpec = CalibSpec(),
+             options: RunOptions = RunOptions(), calibration: torch.Tensor | None = None) -> Path:
+    """Quantize a Llama checkpoint to a GPTQ (v1) checkpoint in `out`. Returns `out`.
+
+    `calibration` ([n, seq_len] token ids) overrides `calib`'s dataset/nsamples/seq_len. Rerunning
+    after an interruption resumes from the last finished layer.
+    """
+    ckpt = open_checkpoint(model, options.revision)
+    check_output(out, options.overwrite, [ckpt.dir])  # before the (long) calibration, not after
+    check_model(params, ckpt.config)
+    dev = resolve_device(options.device)
+    dtype = compute_dtype(dev, options.compute)
+    config = llama_config(ckpt.config)
+    method = method_for(params)
+    nsamples, seq_len = calibration.shape if calibration is not None else (calib.nsamples, calib.seq_len)
+    seq_len = default_seq_len(ckpt) if seq_len is None else seq_len
+    check_run(params, ckpt, config.num_hidden_layers, seq_len, nsamples, calibrated=method.needs_activations)
+    ckpt = FiniteWeights(ckpt)
+
+    # OUT.partial is locked before calibration: a second run into the same OUT refuses at once.
+    with atomic_output_dir(out, overwrite=options.overwrite, resume=True, inputs=[ckpt.dir]) as work:
+        ids = None
+        if method.needs_activations:
+            if calibration is None:
+                tok = load_tokenizer(ckpt.dir)
+                calibration = calibration_windows(tok, calib.dataset, calib.dataset_path, nsamples,
+                                                  seq_len, calib.seed, calib.template)
+            ids = calibration.to(torch.long)
+        fingerprint = run_fingerprint(params, ids, ckpt, str(dtype))
+        log, extra = quantize_layers(work, ckpt, config, method, ids, fingerprint, options, dev, dtype)
+        write_checkpoint(work, ckpt, str(model), params, calib, ids, dtype, log, extra, options.max_shard_size)
+        write_manifest(work)  # also what lets a later --overwrite recognise this folder as camelid's
+    return Path(out)
+
+
+def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantParams, calib: CalibSpec,
+                     ids: torch.Tensor | None, dtype: torch.dtype, log: list[dict], extra: dict[str, torch.Tensor],
+                     max_shard_size: str) -> None:
+    """The finished run's folder: shards, side files, quantize_config.json, config.json, quant_log.csv."""
+    n_layers = ckpt.config["num_hidden_layers"]
+    skipped = [n for n in (f"{layer_prefix(i)}{m}" for i in range(n_layers) for m in LINEARS)
+               if not packable(*linear_dims(ckpt, n), p.bits, p.group_size)]
+    dynamic, in_block = declare_unquantized(skipped, n_layers, GROUPS)
+    run = {
+        "dataset": None if ids is None else (str(calib.dataset_path) if calib.dataset_path else calib.dataset),
+        "seq_len": None if ids is None else ids.shape[1], "nsamples": None if ids is None else ids.shape[0],
+        "seed": calib.seed, "template": calib.template, "compute_dtype": str(dtype).removeprefix("torch."),
+        "damp_used": max([r["damp"] for r in log], default=p.damp),
+        "damp_auto_increment": 0.01, "static_groups": p.static_groups, "true_sequential": p.true_sequential,
+        "unquantized_modules": skipped,
+    }
+    qcfg = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order, sym=p.sym, damp_percent=p.damp,
+                      true_sequential=p.true_sequential, static_groups=p.static_groups, lm_head=p.lm_head,
+                      model_name_or_path=model_name, dynamic=dynamic, modules_in_block_to_quantize=in_block,
+                      meta={"quantizer": [QUANTIZER], "method": p.method, "mse": p.mse, **run})
+    assemble(work, ckpt, n_layers, extra, qcfg.safetensors_metadata(), max_shard_size)
+    copy_side_files(ckpt.dir, work)
+    write_config(work, ckpt.config, qcfg)
+    with open(work / "quant_log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["layer", "module", "loss", "damp", "seconds"])
+        w.writeheader()
+        w.writerows(log)
+    shutil.rmtree(work / LAYERS)
+    shutil.rmtree(work / STATE)
+
