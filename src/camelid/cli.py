@@ -374,6 +374,97 @@ def _add_runtime_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
 
+# --- eval TASK: the Tulu paper's benchmarks (issue: evaluate like the Tulu paper) -----------------------
+
+
+def _eval_settings(args, task: str):
+    from camelid.eval import EvalSettings
+
+    return EvalSettings(
+        task=task, shots=args.shots, cot=args.cot, closed_book=args.closed_book, limit=args.limit,
+        template=args.template, subsets=tuple(s for s in (args.subsets or "").split(",") if s),
+        pass_at=args.pass_at, samples=args.samples, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        judge_url=args.judge, judge_model=args.judge_model, judge_prompt=args.judge_prompt,
+    )
+
+
+def _eval_backend(args):
+    from camelid.eval import open_backend
+
+    return open_backend(args.model, endpoint=args.endpoint, api=args.api, api_key=args.api_key,
+                        endpoint_model=args.endpoint_model, revision=args.revision, device=args.device,
+                        dtype=args.dtype, kernel=args.kernel)
+
+
+def _cmd_eval_task(args) -> int:
+    from camelid.eval import evaluate
+
+    result = evaluate(_eval_backend(args), _eval_settings(args, args.eval_command), args.data, args.out,
+                      progress=not args.quiet)
+    if args.json:
+        _print_json(result)
+    else:
+        metrics = {k: v for k, v in result["metrics"].items() if not isinstance(v, dict)}
+        print(f"{result['setting']}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in metrics.items()))
+    return 0
+
+
+def _cmd_eval_suite(args) -> int:
+    from camelid.eval import run_suite
+    from camelid.eval.suite import format_row
+
+    suite = run_suite(_eval_backend(args), args.data, _eval_settings(args, "mmlu"), args.out, progress=not args.quiet)
+    if args.json:
+        _print_json(suite)
+    else:
+        print(format_row(args.model, suite))
+    return 0
+
+
+def _add_eval_task_commands(sub: argparse._SubParsersAction) -> None:
+    ev = next(a for a in sub.choices["eval"]._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {"mmlu": "MMLU (0/5-shot, next-token choice)", "gsm8k": "GSM8K (CoT or direct, 200 questions)",
+             "bbh": "BIG-Bench Hard (CoT or direct, 40 per task)", "tydiqa": "TyDiQA GoldP (gold passage or closed book)",
+             "codex": "HumanEval pass@1/pass@10 in a sandbox", "alpacafarm": "AlpacaFarm win rate vs Davinci-003 (needs --judge)",
+             "suite": "all eleven settings, printed as the Tulu cards' row with their Average"}
+    for name, help_ in helps.items():
+        p = ev.add_parser(name, help=help_ + " (Tulu paper protocol)")
+        _add_model_args(p)
+        p.add_argument("--data", required=True, help="benchmark data folder" + (
+            " holding mmlu/ gsm8k/ bbh/ tydiqa/ humaneval/ alpacafarm/" if name == "suite" else ""))
+        p.add_argument("--out", default=None, help="run folder root: records.jsonl (resumable) and results.json")
+        p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the paper's)")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--cot", dest="cot", action="store_true", default=True, help="chain of thought (default)")
+        mode.add_argument("--direct", dest="cot", action="store_false", help="direct answers (GSM8K, BBH)")
+        p.add_argument("--closed-book", action="store_true", help="TyDiQA without the passage")
+        p.add_argument("--limit", type=int, default=None, help="examples per subject/task/language (or in total)")
+        p.add_argument("--template", default=None,
+                       help="chat template (tulu, ...) or 'none' for plain prompts; default: the paper's "
+                            "(tulu; none for codex)")
+        p.add_argument("--subsets", default=None, help="comma-separated MMLU subjects / BBH tasks / TyDiQA languages")
+        p.add_argument("--pass-at", type=int, default=1, choices=(1, 10), help="Codex run: pass@1 (T 0.1) or @10 (T 0.8)")
+        p.add_argument("--samples", type=int, default=20, help="Codex samples per problem")
+        p.add_argument("--temperature", type=float, default=None, help="override the protocol's temperature")
+        p.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--batch-size", type=int, default=16, help="examples per recorded chunk")
+        p.add_argument("--endpoint", default=None,
+                       help="evaluate a served model: TGI URL (http://host:port) or OpenAI-compatible (…/v1); "
+                            "MODEL then only supplies the tokenizer")
+        p.add_argument("--api", default=None, choices=("tgi", "openai"), help="endpoint API (default: from the URL)")
+        p.add_argument("--api-key", default=None)
+        p.add_argument("--endpoint-model", default=None, help="model name sent to an OpenAI-compatible endpoint")
+        p.add_argument("--judge", default=None, help="AlpacaFarm judge: OpenAI-compatible chat endpoint (…/v1)")
+        p.add_argument("--judge-model", default=None)
+        p.add_argument("--judge-prompt", default=None, help="file replacing the judge prompt")
+        p.add_argument("--json", action="store_true", help="print the full results JSON")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_eval_suite if name == "suite" else _cmd_eval_task)
+
+
 # --- export: GGUF for llama.cpp -----------------------------------------------------------------------------
 
 
@@ -559,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_commands(sub)
     _add_quant_commands(sub)
     _add_runtime_commands(sub)
+    _add_eval_task_commands(sub)
     _add_export_commands(sub)
     _add_serve_commands(sub)
     _add_release_commands(sub)
