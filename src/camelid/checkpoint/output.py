@@ -145,6 +145,11 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, resume: bool = F
     lock.release()
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:  # the first bytes only: a GGUF may be many GB
+        return f.read(n)
+
+
 def check_output_file(out: str | Path, overwrite: bool = False, magic: bytes = b"") -> None:
     """The file counterpart of check_output: `overwrite` replaces only a regular file that starts with
     `magic` (the format camelid writes there, e.g. b"GGUF"), never a folder, a link or another kind of file."""
@@ -153,7 +158,7 @@ def check_output_file(out: str | Path, overwrite: bool = False, magic: bytes = b
         return
     if not overwrite:
         raise CamelidError(f"output {out} already exists (use --overwrite to replace it)")
-    if out.is_symlink() or not out.is_file() or out.read_bytes()[:len(magic)] != magic:
+    if out.is_symlink() or not out.is_file() or _head(out, len(magic)) != magic:
         raise CamelidError(f"output {out} exists and is not a {magic.decode() or 'regular'} file; "
                            "--overwrite only replaces camelid's own output")
 
@@ -164,7 +169,7 @@ def atomic_output_file(out: str | Path, overwrite: bool = False, magic: bytes = 
     (`overwrite` and `magic` as in check_output_file)."""
     out = Path(out)
     check_output_file(out, overwrite, magic)
-    work = out.with_name(out.name + ".partial")
+    work = partial_dir(out)
     try:
         yield work
         work.replace(out)

@@ -17,6 +17,7 @@ from camelid.checkpoint.output import (
 )
 from camelid.checkpoint.source import Checkpoint, open_checkpoint
 from camelid.device import compute_dtype, resolve_device
+from camelid.dtypes import dtype_name
 from camelid.errors import CamelidError
 from camelid.formats.gptq.config import QUANTIZER, GPTQConfig, write_config
 from camelid.formats.gptq.layout import declare_unquantized, packable
@@ -85,7 +86,7 @@ def write_checkpoint(work: Path, ckpt: Checkpoint, model_name: str, p: QuantPara
     run = {
         **({"dataset": None} if ids is None else dataset_record(calib.dataset, calib.dataset_path)),
         "seq_len": None if ids is None else ids.shape[1], "nsamples": None if ids is None else ids.shape[0],
-        "seed": calib.seed, "template": calib.template, "compute_dtype": str(dtype).removeprefix("torch."),
+        "seed": calib.seed, "template": calib.template, "compute_dtype": dtype_name(dtype),
         "damp_used": max([r["damp"] for r in log], default=p.damp),
         "damp_auto_increment": 0.01, "static_groups": p.static_groups, "true_sequential": p.true_sequential,
         "unquantized_modules": skipped,

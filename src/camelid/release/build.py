@@ -115,7 +115,8 @@ def build_branch(job: BranchJob) -> dict:
         quantize(job.source, folder, row.params, row.calib, job.options, job.calibration)
         built = True
     _check_settings(folder, row)
-    if _finish_folder(folder, job.chat_template) or built or not (folder / MANIFEST).exists():
+    # quantize wrote the manifest of what it built: hash again only when the card files changed
+    if _finish_folder(folder, job.chat_template) or not (folder / MANIFEST).exists():
         write_manifest(folder)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
