@@ -50,7 +50,8 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, sampler: 
         tok = sampler.choose(out.logits[0, -1], history).token_id
         yield tok
         token = torch.tensor([tok], dtype=torch.long, device=device)
-        seen = torch.cat([seen, token])
+        if sampler.params.needs_history:  # the penalties read the ids so far; otherwise no per-token copy
+            seen = torch.cat([seen, token])
         out = model(input_ids=token.view(1, 1), use_cache=True, **kv)
 
 

@@ -191,11 +191,11 @@ def plan_kernels(path_or_repo, revision: str | None = None, device: str | torch.
                          g=torch.sort(g).values, perm=None, bits=bits)
         layers[prefix] = chosen = K.choose_kernel(w, dev, kernel, name=prefix, capability=capability)
         # Why each kernel the rule prefers over the chosen one did not apply (none when it was forced).
-        passed = {k: K.why_not(k, w, dev, capability) for k in K.KERNELS[:K.KERNELS.index(chosen)]}
-        if kernel == "auto" and passed:
+        if kernel == "auto" and chosen != K.KERNELS[0]:
+            passed = {k: K.why_not(k, w, dev, capability) for k in K.KERNELS[:K.KERNELS.index(chosen)]}
             reasons[prefix] = "; ".join(f"{k}: {r}" for k, r in passed.items())
     plan = {"quantized": True, "device": str(dev), "bits": qcfg.bits, "group_size": qcfg.group_size,
-            "format": "awq" if is_awq else "gptq" if qcfg.v1 else "gptq_v2", "kernels": dict(sorted(Counter(layers.values()).items())),
+            "format": "awq" if is_awq else qcfg.checkpoint_format, "kernels": dict(sorted(Counter(layers.values()).items())),
             "not_faster": reasons}
     if dev.type == "cpu":
         plan["cpu"] = cpu_kernels.status()
