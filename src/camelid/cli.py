@@ -435,22 +435,22 @@ def _add_eval_task_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", required=True, help="benchmark data folder" + (
             " holding mmlu/ gsm8k/ bbh/ tydiqa/ humaneval/ alpacafarm/" if name == "suite" else ""))
         p.add_argument("--out", default=None, help="run folder root: records.jsonl (resumable) and results.json")
-        p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the paper's)")
+        p.add_argument("--shots", type=T.int_at_least(0), default=None, help="few-shot examples (default: the paper's)")
         mode = p.add_mutually_exclusive_group()
         mode.add_argument("--cot", dest="cot", action="store_true", default=True, help="chain of thought (default)")
         mode.add_argument("--direct", dest="cot", action="store_false", help="direct answers (GSM8K, BBH)")
         p.add_argument("--closed-book", action="store_true", help="TyDiQA without the passage")
-        p.add_argument("--limit", type=int, default=None, help="examples per subject/task/language (or in total)")
+        p.add_argument("--limit", type=T.int_at_least(1), default=None, help="examples per subject/task/language (or in total)")
         p.add_argument("--template", default=None,
                        help="chat template (tulu, ...) or 'none' for plain prompts; default: the paper's "
                             "(tulu; none for codex)")
         p.add_argument("--subsets", default=None, help="comma-separated MMLU subjects / BBH tasks / TyDiQA languages")
         p.add_argument("--pass-at", type=int, default=1, choices=(1, 10), help="Codex run: pass@1 (T 0.1) or @10 (T 0.8)")
-        p.add_argument("--samples", type=int, default=20, help="Codex samples per problem")
+        p.add_argument("--samples", type=T.int_at_least(1), default=20, help="Codex samples per problem")
         p.add_argument("--temperature", type=float, default=None, help="override the protocol's temperature")
-        p.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
+        p.add_argument("--max-new-tokens", type=T.int_at_least(1), default=None, help="override the protocol's limit")
         p.add_argument("--seed", type=int, default=42)
-        p.add_argument("--batch-size", type=int, default=16, help="examples per recorded chunk")
+        p.add_argument("--batch-size", type=T.int_at_least(1), default=16, help="examples per recorded chunk")
         p.add_argument("--endpoint", default=None,
                        help="evaluate a served model: TGI URL (http://host:port) or OpenAI-compatible (…/v1); "
                             "MODEL then only supplies the tokenizer")

@@ -30,7 +30,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def squad_normalize(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = text.lower().translate(_PUNCT)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

@@ -38,12 +38,12 @@ def run_eval(backend, data_dir: str | Path, settings: EvalSettings, out: str | P
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CamelidError(f"eval data folder not found: {data_dir}")
-    items, files = task.load_items(data_dir, settings, backend.tokenizer, getattr(backend, "context_limit", None))
-    name = task.setting(settings)
-    hashes = {str(f): sha256(f) for f in files}
     template = task_template(settings, getattr(task, "DEFAULT_TEMPLATE", "tulu"))
     if is_chat(template):  # an unknown name or broken Jinja fails before any data is read (camelid.chat's rule)
         resolve_template(backend.tokenizer, template)
+    items, files = task.load_items(data_dir, settings, backend.tokenizer, getattr(backend, "context_limit", None))
+    name = task.setting(settings)
+    hashes = {str(f): sha256(f) for f in files}
     run_info = {"protocol": PROTOCOL_VERSION, "setting": name, "template": template, "settings": settings.as_dict(),
                 "data_files": hashes, **{k: v for k, v in backend.describe().items() if k != "device"}}
     store = RecordStore(Path(out) / name, run_info) if out is not None else None

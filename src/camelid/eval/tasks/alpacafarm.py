@@ -27,6 +27,7 @@ from camelid.errors import CamelidError
 from camelid.eval.backends import GenerationSettings
 from camelid.eval.data import read_json, read_jsonl
 from camelid.eval.prompting import chat_prompt, is_chat, task_template
+from camelid.eval.tasks.common import greedy
 
 FORMAT = "AlpacaFarm/AlpacaEval JSON: a list of {instruction, [input], output (the reference answer)}"
 FILES = ("alpaca_farm_evaluation.json", "alpaca_eval.json", "alpaca_eval.jsonl")
@@ -102,7 +103,7 @@ def ask_judge(settings, prompt: str) -> str:
 
 
 def generation(settings) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=settings.max_new_tokens or 2048, temperature=0.0)
+    return greedy(settings, 2048, ())  # no stop strings: the output ends at EOS or 2048 tokens
 
 
 def score(backend, items, settings) -> list[dict]:
