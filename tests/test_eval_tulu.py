@@ -410,3 +410,9 @@ def test_suite_runs_the_columns_it_has_data_for(shared_data, stories_backend, tm
     assert suite["average"] == pytest.approx((suite["scores"]["MMLU 0-shot"] + five["metrics"]["score"]) / 2)
     assert not suite["average_complete"] and suite["skipped"]["AlpacaFarm vs Davinci-003"].startswith("no ")
     assert (tmp_path / "out" / "mmlu-0shot" / "results.json").exists()
+
+
+def test_temperature_is_refused_where_the_protocol_decodes_greedily():
+    with pytest.raises(CamelidError, match="--temperature applies to codex only"):
+        EvalSettings("gsm8k", temperature=0.5)
+    assert EvalSettings("codex", temperature=0.5, samples=2).temperature == 0.5

@@ -447,7 +447,8 @@ def _add_eval_task_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--subsets", default=None, help="comma-separated MMLU subjects / BBH tasks / TyDiQA languages")
         p.add_argument("--pass-at", type=int, default=1, choices=(1, 10), help="Codex run: pass@1 (T 0.1) or @10 (T 0.8)")
         p.add_argument("--samples", type=T.int_at_least(1), default=20, help="Codex samples per problem")
-        p.add_argument("--temperature", type=float, default=None, help="override the protocol's temperature")
+        p.add_argument("--temperature", type=T.float_in(0.0, 100.0), default=None,
+                       help="Codex only: override the protocol's sampling temperature")
         p.add_argument("--max-new-tokens", type=T.int_at_least(1), default=None, help="override the protocol's limit")
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--batch-size", type=T.int_at_least(1), default=16, help="examples per recorded chunk")

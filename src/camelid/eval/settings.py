@@ -36,6 +36,9 @@ class EvalSettings:
             raise CamelidError(f"--limit must be >= 1, got {self.limit}")
         if self.shots is not None and self.shots < 0:
             raise CamelidError(f"--shots must be >= 0, got {self.shots}")
+        if self.temperature is not None and self.task != "codex":
+            # every other task decodes greedily by the protocol; a flag that changed nothing would mislead
+            raise CamelidError(f"--temperature applies to codex only; {self.task} decodes greedily")
         if self.task == "codex" and (self.pass_at < 1 or self.pass_at > self.samples):
             raise CamelidError(f"pass@{self.pass_at} needs at least that many samples (--samples {self.samples})")
 
