@@ -128,7 +128,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_make_diff)
 
 
-# --- quantize: GPTQ and RTN into the GPTQ (v1) format -------------------------------------------------------
+# --- quantize: GPTQ and RTN into the GPTQ (v1) format, AWQ into AutoAWQ GEMM ---------------------------------
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -138,25 +138,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       seq_len=args.seq_len, seed=args.seed, template=args.template)
     options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
                          revision=args.revision, max_shard_size=args.max_shard_size)
-    if args.method == "awq":  # MINIMAL PATH: AWQ's own loop (camelid.quant.awq_run), not yet a layer-loop method
-        from camelid.quant.awq import AWQSettings
-        from camelid.quant.awq_run import quantize_awq
-
-        out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), calib,
-                           options)
-    else:
-        params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
-                             sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
-                             mse=args.mse, lm_head=args.lm_head, method=args.method)
-        out = quantize(args.model, args.out, params, calib, options)
+    params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                         sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                         mse=args.mse, lm_head=args.lm_head, method=args.method)
+    out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 
 
 def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="GPTQ/RTN-quantize a Llama model into the AutoGPTQ (v1) format",
-                       description="Quantize MODEL layer by layer into OUT (GPTQ v1 checkpoint). "
-                                   "An interrupted run resumes from the last finished layer.")
+    p = sub.add_parser("quantize", help="GPTQ/RTN/AWQ-quantize a Llama model (AutoGPTQ v1 or AutoAWQ GEMM format)",
+                       description="Quantize MODEL layer by layer into OUT (GPTQ v1 checkpoint; AutoAWQ GEMM with "
+                                   "--method awq). An interrupted run resumes from the last finished layer.")
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("out", help="output folder")
     p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
@@ -183,7 +176,7 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=T.non_negative_int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn", "awq"),
                    help="awq: 4-bit, AutoAWQ GEMM checkpoint (AutoAWQ's scale and clip search; "
-                        "--bits/--group-size and the calibration options apply)")
+                        "--bits/--group-size and the calibration options apply, the GPTQ knobs do not)")
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "
