@@ -158,8 +158,7 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, acts: Activ
         if quantized:
             group = LinearGroup(quantized, [mods[nm].out_features for nm in quantized],
                                 mods[quantized[0]].in_features,
-                                lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32),
-                                device, mods, stage)
+                                lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32), device)
             observed = method.observer(group) if acts is not None else None
         if acts is not None:
             acts.walk(layer, stage, observed, sequential)
@@ -204,7 +203,7 @@ def quantize_lm_head(ckpt: Checkpoint, config, acts: Activations | None, method:
     """lm_head as a group of its own, observed on norm(final hidden states) in fp32."""
     out_f, in_f = ckpt.tensors["lm_head.weight"].shape
     group = LinearGroup(["lm_head"], [out_f], in_f, lambda nm: ckpt.read(nm + ".weight").to(device, torch.float32),
-                        device, {}, None)
+                        device)
     observed = method.observer(group) if acts is not None else None
     if observed is not None:
         from transformers.models.llama.modeling_llama import LlamaRMSNorm

@@ -3,8 +3,7 @@ the group of Linears that share that input, into its checkpoint format's tensors
 
 The loop (camelid.quant.loop) owns everything else: which groups exist and in what order (the layer's
 `Stage`s), computing their inputs, memory, resume. A method sees, per group, a `LinearGroup` (the
-Linears as live modules of the layer being walked, plus their checkpoint weights) and the input batches
-it asked to observe. GPTQ and RTN write the GPTQ format; AWQ the AutoAWQ GEMM format.
+Linears' names, shapes and checkpoint weights) and the input batches it asked to observe. GPTQ and RTN write the GPTQ format; AWQ the AutoAWQ GEMM format.
 
 AWQ folds its input scales into the module that produces a group's input (a norm, or the previous
 group's Linear: v_proj for o_proj), so it declares `folds_scales`: the loop then observes every group
@@ -27,7 +26,6 @@ from camelid.formats import awq as awq_format
 from camelid.formats.gptq import layout as gptq_layout
 from camelid.quant import awq
 from camelid.quant.gptq import Hessian, QuantResult, gptq, prepare_hessian, rtn
-from camelid.quant.layer import Stage
 from camelid.quant.settings import QuantParams
 
 # name inside the layer, its checkpoint tensor in fp32 -> the tensor to quantize or store
@@ -41,12 +39,9 @@ class LinearGroup:
     names: list[str]  # module names inside the layer ("self_attn.k_proj", ...), or ["lm_head"]
     rows: list[int]  # out_features of each
     in_features: int
-    read_weight: Callable[[str], torch.Tensor]  # name -> the checkpoint's weight, fp32, on the compute device
+    # name -> the checkpoint's weight (through the method's fold, if any), fp32, on the compute device
+    read_weight: Callable[[str], torch.Tensor]
     device: torch.device
-    # the layer's live modules by name (all of them, for a method that rescales a neighbour); empty
-    # for lm_head, which is never built as a module
-    modules: dict[str, torch.nn.Module]
-    stage: Stage | None  # where in the layer the group sits (None for lm_head)
 
 
 class Observer(Protocol):
