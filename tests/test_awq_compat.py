@@ -94,5 +94,10 @@ def test_gptqmodel_awq_checkpoint_runs_in_camelid_with_transformers_logits(gptqm
     fast, _ = camelid.load(gptqmodel_awq)  # camelid's default CPU kernel (bf16 int4): within bf16 noise
     assert describe_kernels(fast)["kernels"] == {"int4": 14}
     got = _logits(fast)
-    assert float((got - ref).abs().max() / ref.abs().max()) < 2e-2
-    assert torch.equal(got[0].argmax(-1), ref[0].argmax(-1))
+    err = float((got - ref).abs().max())
+    assert err / float(ref.abs().max()) < 2e-2
+    # a random model's logits are nearly flat: the top token must agree wherever it leads by more
+    # than the kernels' difference can move it
+    top2 = ref[0].topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * err
+    assert bool(clear.any()) and torch.equal(got[0].argmax(-1)[clear], ref[0].argmax(-1)[clear])
