@@ -13,9 +13,8 @@ by a logits processor; llama.cpp: `eval` + argmax), and the round with the faste
 camelid runs three ways: `camelid` (the kernel `choose_kernel` picks on this CPU), `camelid-int4` (torch's
 int4 tinygemm forced, the round-one path) and `camelid-avx2` (CAMELID_CPU_ISA=avx2: the kernels an
 AVX2-only CPU gets, run on this one).
-llama-cpp-python must be built for the host's features, not -march=native (an AVX-512 build dies with SIGILL
-on AVX2 machines, and with GGML_NATIVE on, -march=native re-enables AMX, whose path segfaulted on the Xeon);
-`--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
+llama-cpp-python must be built for the host's features, not -march=native (camelid.runtime.llamacpp_build
+says why; `make test` builds it so); `--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
 
     CMAKE_ARGS="$(python benchmarks/decode.py --llamacpp-cmake-args)" pip install --no-binary llama-cpp-python llama-cpp-python
     PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid,llamacpp-q4_0] [--rounds 2]
@@ -37,10 +36,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid", "camelid-int4", "camelid-avx2")
-# ggml's CMake switches per /proc/cpuinfo flag (ggml/CMakeLists.txt); AMX stays off (see the docstring).
-GGML_FLAGS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "avx_vnni": "GGML_AVX_VNNI",
-              "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
-              "avx512_bf16": "GGML_AVX512_BF16"}
 THREADS = 2
 PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512
 CONFIG = {
@@ -161,11 +156,6 @@ def _summary(steps: list[tuple[float, float]], prefill: list[tuple[float, float]
             "decode_cpu_ms_per_token": cpu[len(cpu) // 2] * 1e3,
             "prefill_tokens_per_s": PREFILL_LEN / min(w for w, _ in prefill),
             "prefill_tokens_per_cpu_s": PREFILL_LEN / min(c for _, c in prefill)}
-
-
-def llamacpp_cmake_args(flags: frozenset[str]) -> str:
-    on = [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in GGML_FLAGS.items()]
-    return " ".join(["-DGGML_NATIVE=OFF", *on, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
 
 
 def peak_rss_mb() -> float:
@@ -297,6 +287,8 @@ def main() -> None:
 
     cpu = cpu_features()
     if args.llamacpp_cmake_args:
+        from camelid.runtime.llamacpp_build import llamacpp_cmake_args
+
         print(llamacpp_cmake_args(cpu.flags))
         return
     if args.contender:
