@@ -136,15 +136,8 @@ def test_camel45m_f16_greedy_and_tulu_ids(shared_data, tmp_path_factory):
     src = shared_data / "models" / "camel45m"
     root = tmp_path_factory.mktemp("camel45m")
     (path,) = export_gguf(src, root / "gguf", GGUFExport(types=("f16",), chat_template="tulu"))
-    # camelid's SentencePiece tokenizer of the LLaMA-2 tokenizer.model (what camelid.load uses for a LLaMA
-    # folder without tokenizer.json). camel45m also ships a tokenizer.json, whose Transformers-5 fast
-    # tokenizer (legacy=False) writes no "▁" after a literal "<s>" and merges runs of spaces ("▁▁"):
-    # llama.cpp, like Meta's and open-instruct's SentencePiece tokenization, does neither.
-    sp_dir = root / "sentencepiece"
-    sp_dir.mkdir()
-    for name in ("tokenizer.model", "tokenizer_config.json", "config.json"):
-        (sp_dir / name).write_bytes((src / name).read_bytes())
-    ids = _tulu_ids_agree(sp_dir, path, CONVERSATION)
+    # camel45m ships tokenizer.json too; camelid tokenizes it with SentencePiece all the same (camelid.tokenizer).
+    ids = _tulu_ids_agree(src, path, CONVERSATION)
     assert ids[:1] == [1] and 13 in ids  # BOS, and "\n" as its byte piece <0x0A>
     model, tok = camelid.load(src, device="cpu", dtype="float32")
     lm, _ = load_gguf(path, n_ctx=256, threads=1)
