@@ -66,8 +66,8 @@ def contenders(weights: dict, compile_inductor: bool) -> dict:
                 ext = cpu_kernels.load_extension(isa)
                 out[f"q4x8@{isa}"] = (lambda e: lambda x: e.q4x8_mm(x.float(), pq["weight"], pq["scales"],
                                                                      pq["scaled_zeros"], pq["block"]))(ext)
-        out["dequant+gemm"] = lambda x: K.q4x8_mm(x, pq["weight"], pq["scales"], pq["scaled_zeros"], pq["block"],
-                                                  dense_from=1)
+        dense = K.q4x8_route(dense_from=1)
+        out["dequant+gemm"] = lambda x: K.q4x8_mm(x, pq["weight"], pq["scales"], pq["scaled_zeros"], pq["block"], dense)
     if compile_inductor:
         n_out, half = pq["weight"].shape
 
