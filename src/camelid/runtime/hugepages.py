@@ -1,10 +1,10 @@
 """Copy a large weight into memory backed by 2 MB transparent huge pages (Linux), so decode streams it faster.
 
 A decode step reads every quantized weight once and is bound by memory bandwidth. On 4 KB pages the CPU's
-hardware prefetchers stop at every page boundary and each page costs a TLB miss, so one core streamed the
-q4x8 weights of an 11008x4096 layer at ~8.5 GB/s; the same bytes on 2 MB pages ran at ~12.5 GB/s (1 thread,
-Xeon, CPU time, `benchmarks/kernels.py --huge-pages both`). llama.cpp gets the same effect from mmapping its
-GGUF file. Most distributions set THP to `madvise`, so memory gets huge pages only when asked for: this
+hardware prefetchers stop at every page boundary and each page costs a TLB miss; on 2 MB pages one Xeon
+core streamed the q4x8 weights of 16 copies of an 11008x4096 layer at 12-13 GB/s against 8-9 GB/s on 4 KB
+pages (1 thread, CPU time, other jobs loading the machine; `benchmarks/kernels.py --copies 16` compares
+the two as `q4x8@ISA` and `q4x8@ISA 4k-pages`). Most distributions set THP to `madvise`, so memory gets huge pages only when asked for: this
 module maps fresh anonymous memory, aligns the tensor to 2 MB, `madvise(MADV_HUGEPAGE)`s it before the
 first write (pages are faulted in huge), and copies the weight in. Elsewhere (no MADV_HUGEPAGE, other OS,
 `CAMELID_HUGE_PAGES=0`) the tensor is returned as is.
