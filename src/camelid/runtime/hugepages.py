@@ -18,7 +18,7 @@ import os
 import torch
 
 HUGE_PAGE = 2 << 20
-MIN_BYTES = 1 << 20  # smaller tensors gain little and would waste most of a 2 MB page
+MIN_BYTES = HUGE_PAGE  # a smaller tensor holds no whole huge page
 DISABLE_ENV = "CAMELID_HUGE_PAGES"  # "0": keep weights in ordinary allocations
 
 
@@ -36,7 +36,8 @@ def huge_page_copy(t: torch.Tensor) -> torch.Tensor:
     raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive as long as the tensor lives
     offset = -raw.data_ptr() % HUGE_PAGE
     try:
-        region.madvise(mmap.MADV_HUGEPAGE, offset, (nbytes + HUGE_PAGE - offset) // mmap.PAGESIZE * mmap.PAGESIZE)
+        # Whole huge pages only: the tail stays on small pages, so no 2 MB page is faulted in for a few KB.
+        region.madvise(mmap.MADV_HUGEPAGE, offset, nbytes // HUGE_PAGE * HUGE_PAGE)
     except OSError:  # THP disabled ("never") or unsupported: the copy still works on small pages
         pass
     out = raw[offset:offset + nbytes].view(t.dtype).view(t.shape)
