@@ -242,10 +242,12 @@ at::Tensor q4x8_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   // Output rows are handed out in chunks of ~kChunkBytes of weights from a shared counter rather than split
   // in one static half per thread: when one core is slowed (another process, a hypervisor), the other
   // takes more chunks instead of waiting at the end of the call, so both stay busy for the whole call.
-  const int64_t rows_per_chunk = std::max<int64_t>(8, kChunkBytes / (K / 2));
+  // Small layers (a 45M model's 512x512) still get at least 8 chunks per thread.
+  const int64_t threads = at::get_num_threads();
+  const int64_t rows_per_chunk = std::max<int64_t>(8, std::min(kChunkBytes / (K / 2), (N + 8 * threads - 1) / (8 * threads)));
   const int64_t chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), chunks), 1, [&](int64_t, int64_t) {
+  at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
     for (int64_t c = next++; c < chunks; c = next++) {
       const int64_t n0 = c * rows_per_chunk, n1 = std::min(N, n0 + rows_per_chunk);
       rows_range(wp, swp, wzp, xqp, dxp, xsp, M, N, K, kb, n0, n1, yp);
