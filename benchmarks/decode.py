@@ -182,6 +182,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _time_steps_and_prefill(model, generate) -> dict:
+    """`generate(n)` -> n-1 decode step times, after a warm-up; then the best of two 512-token prefills."""
+    import torch
+
+    generate(8)  # warm-up (allocations, first-call paths)
+    steps = generate(NEW_TOKENS)
+    ids = torch.tensor([_prompt(PREFILL_LEN)])
+    prefill = []
+    with torch.inference_mode():
+        model(ids[:, :64])
+        for _ in range(2):
+            t0 = _now()
+            model(ids, logits_to_keep=1)
+            prefill.append(_gaps([t0, _now()])[0])
+    return _summary(steps, prefill)
+
+
 def _time_hf(model) -> dict:
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -203,23 +220,11 @@ def _time_hf(model) -> dict:
         assert out.shape[1] == PROMPT_LEN + n_new
         return _gaps(clock.ticks)
 
-    generate(8)  # warm-up (allocations, first-call paths)
-    steps = generate(NEW_TOKENS)
-    ids = torch.tensor([_prompt(PREFILL_LEN)])
-    prefill = []
-    with torch.no_grad():
-        model(ids[:, :64])
-        for _ in range(2):
-            t0 = _now()
-            model(ids, logits_to_keep=1)
-            prefill.append(_gaps([t0, _now()])[0])
-    return _summary(steps, prefill)
+    return _time_steps_and_prefill(model, generate)
 
 
 def _time_camelid(model) -> dict:
     """camelid's own loop (`generate_ids`: preallocated KV cache, greedy `Sampler`), timed between yielded ids."""
-    import torch
-
     from camelid.runtime.generate import generate_ids
     from camelid.runtime.sampling import Sampler, SamplingParams
 
@@ -230,17 +235,7 @@ def _time_camelid(model) -> dict:
         assert len(ticks) == n_new
         return _gaps(ticks)
 
-    generate(8)
-    steps = generate(NEW_TOKENS)
-    ids = torch.tensor([_prompt(PREFILL_LEN)])
-    prefill = []
-    with torch.inference_mode():
-        model(ids[:, :64])
-        for _ in range(2):
-            t0 = _now()
-            model(ids, logits_to_keep=1)
-            prefill.append(_gaps([t0, _now()])[0])
-    return _summary(steps, prefill)
+    return _time_steps_and_prefill(model, generate)
 
 
 def _time_llamacpp(llm) -> dict:
