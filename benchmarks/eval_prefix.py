@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
+
+from camelid.runtime import cpu_kernels
+from camelid.runtime.cpu_features import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -26,16 +28,6 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 
 def shared_data() -> Path:
     return Path(os.environ.get("CAMELID_SHARED_DATA") or REPO.parent / "shared" / "data")
-
-
-def cpu_kind() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn):
@@ -89,7 +81,7 @@ def main() -> None:
                      "q_per_cpu_s": round(n / b["cpu_s"], 2), "q_per_wall_s": round(n / b["wall_s"], 2)})
     speedup_cpu = best["baseline"]["cpu_s"] / best["prefix"]["cpu_s"]
     speedup_wall = best["baseline"]["wall_s"] / best["prefix"]["wall_s"]
-    print(f"CPU: {cpu_kind()}; threads {args.threads}; {n} questions, {len(names)} subjects, "
+    print(f"CPU: {cpu_features().describe()}; threads {args.threads}; {n} questions, {len(names)} subjects, "
           f"{n_tokens / n:.0f} prompt tokens/question; model {args.model}")
     print(f"{'method':<10} {'cpu s':>8} {'wall s':>8} {'q/cpu-s':>8} {'q/wall-s':>9}")
     for r in rows:
@@ -97,7 +89,7 @@ def main() -> None:
     print(f"speedup: {speedup_cpu:.2f}x CPU time, {speedup_wall:.2f}x wall; identical predictions: {same} "
           f"(max |logprob diff| {max_diff:.2e})")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = {"cpu": cpu_kind(), "threads": args.threads, "model": args.model, "subjects": names,
+    out = {"cpu": cpu_kernels.status(), "threads": args.threads, "model": args.model, "subjects": names,
            "rows": rows, "speedup_cpu": speedup_cpu, "speedup_wall": speedup_wall,
            "identical_predictions": same, "max_logprob_diff": max_diff}
     (RESULTS_DIR / "eval_prefix.json").write_text(json.dumps(out, indent=2))
