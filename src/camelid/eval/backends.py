@@ -6,8 +6,9 @@ next-token log-probabilities of a few candidate tokens, for MMLU). Both backends
 tokenizer and the same rule (the tokenizer's special tokens, i.e. one BOS for LLaMA), so a task's prompts,
 extraction and scores are the same either way.
 
-- `LocalBackend`: `camelid.load`'s model. Scoring shares prefix KV caches (`camelid.eval.prefix`);
-  generation goes through `_generate_local`, the one place that calls the runtime's batch generation.
+- `LocalBackend`: `camelid.load`'s model. Scoring and generation share prefix KV caches
+  (`camelid.eval.prefix`); generation goes through `_generate_local`, the one place that calls the
+  runtime's batch generation.
 - `RemoteBackend`: TGI `/generate` (also `camelid serve`) or OpenAI-compatible `/v1/completions` (vLLM,
   `camelid serve`). MMLU there reads the server's top-n next-token logprobs.
 """
@@ -62,27 +63,36 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 # Prompts per call of the runtime's batch generation (each row holds its own KV cache).
 GENERATION_BATCH = 8
+# Shorter common prefixes are not worth a forward of their own (a chat header, a BOS): they run with the prompt.
+MIN_SHARED_PREFIX = 32
 
 
 def _generate_local(model, tokenizer, prompts: list[list[int]], gen: GenerationSettings, seed: int,
-                    eos: frozenset[int]) -> list[str]:
+                    eos: frozenset[int], prefix=None) -> list[str]:
     """Completions of token-id prompts that share one seed, by the runtime's batch generation
     (`camelid.runtime.generate.generate`: the sampler and stop matcher `camelid serve` uses), each cut
     before its first stop string and keeping its first token's leading space, as open-instruct's
-    `decode(prompt + output)[len(decode(prompt)):]` does."""
+    `decode(prompt + output)[len(decode(prompt)):]` does. With `prefix` (a `camelid.eval.prefix.SharedPrefix`
+    every prompt starts with) each batch's prefill runs only the prompts' suffixes."""
+    from functools import partial
+
+    from camelid.eval.prefix import prefill_after
+    from camelid.runtime.batch import prefill as full_prefill
     from camelid.runtime.generate import generate
     from camelid.runtime.sampling import SamplingParams
     from camelid.runtime.stops import Stops
 
     params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p if gen.temperature > 0 else 1.0, seed=seed)
     stops = Stops.of(eos, gen.stop)
+    prefill = full_prefill if prefix is None else partial(prefill_after, prefix=prefix)
     # Batches of similar lengths pad little. (Padding changes matmul shapes, so a row's floats, and rarely a
     # greedy tie, can depend on its batch: a resumed run may batch differently.)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     for start in range(0, len(order), GENERATION_BATCH):
         rows = order[start:start + GENERATION_BATCH]
-        done = generate(model, tokenizer, [prompts[i] for i in rows], params, stops, gen.max_new_tokens)
+        done = generate(model, tokenizer, [prompts[i] for i in rows], params, stops, gen.max_new_tokens,
+                        prefill=prefill)
         for i, c in zip(rows, done, strict=True):
             out[i] = c.text
     return out
@@ -95,6 +105,7 @@ class LocalBackend:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.eos = eos_token_ids(model, tokenizer)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)
+        self._prefix = None  # the last shared prefix: a task's chunks (GSM8K, one BBH task) all start with it
 
     def describe(self) -> dict:
         p = next(self.model.parameters())
@@ -111,10 +122,24 @@ class LocalBackend:
             if self.context_limit is None or len(row) < self.context_limit:
                 by_seed.setdefault(seed, []).append(i)
         for seed, rows in by_seed.items():
-            texts = _generate_local(self.model, self.tokenizer, [ids[i] for i in rows], gen, seed, self.eos)
+            group = [ids[i] for i in rows]
+            texts = _generate_local(self.model, self.tokenizer, group, gen, seed, self.eos, self._prefix_of(group))
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out
+
+    def _prefix_of(self, id_lists: list[list[int]]):
+        """The KV cache of the prompts' common prefix (kept for the next call if it starts the same way), or
+        None when that prefix is short."""
+        from camelid.eval.prefix import common_prefix_length, shared_prefix
+
+        if self._prefix is not None and self._prefix.starts(id_lists):
+            return self._prefix
+        shared = min(common_prefix_length(id_lists), min(len(ids) for ids in id_lists) - 1)
+        if len(id_lists) < 2 or shared < MIN_SHARED_PREFIX:  # one prompt alone shares nothing
+            return None
+        self._prefix = shared_prefix(self.model, id_lists[0][:shared])
+        return self._prefix
 
     def candidate_logprobs(self, prompts, candidates):
         from camelid.eval.prefix import next_token_logprobs
