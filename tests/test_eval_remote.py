@@ -6,11 +6,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serve_helpers import STORIES, live_server
+from serve_helpers import STORIES, live_server, request
 
-from camelid.errors import CamelidError
 from camelid.eval import EvalSettings, LocalBackend, RemoteBackend, evaluate
-from camelid.eval.tasks import alpacafarm, mmlu
+from camelid.eval.tasks import alpacafarm
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +63,60 @@ def test_served_scores_equal_local(shared_data, camel, camel_server, tmp_path):
     assert there["backend"] == "remote" and there["api"] == "tgi"
 
 
-def test_openai_route_generates_the_same(shared_data, camel, camel_server, tmp_path):
+def test_openai_route_generates_and_scores_the_same(shared_data, camel, camel_server, tmp_path):
     model, tok = camel
-    settings = EvalSettings("gsm8k", limit=2, template="none", max_new_tokens=16)
     data = shared_data / "eval" / "gsm8k"
+    settings = EvalSettings("gsm8k", limit=2, template="none", max_new_tokens=16)
     here = evaluate(LocalBackend(model, tok, "camel45m"), settings, data, tmp_path / "a", progress=False)
     there = evaluate(RemoteBackend(camel_server + "/v1", tok), settings, data, tmp_path / "b", progress=False)
     assert there["api"] == "openai" and there["metrics"] == here["metrics"]
     records = [(tmp_path / d / "gsm8k-cot" / "records.jsonl").read_text().splitlines() for d in "ab"]
     assert records[0] == records[1] and len(records[0]) == 2
-    # camelid's /v1/completions reports no logprobs (vLLM's does): MMLU there is refused with a pointer.
-    with pytest.raises(CamelidError, match="no token logprobs.*--api tgi"):
-        RemoteBackend(camel_server + "/v1", tok).candidate_logprobs(["Answer:"], mmlu.candidates(tok))
+    # MMLU 0-shot through /v1/completions logprobs: the same predictions locally, via TGI and via OpenAI.
+    # camel45m never ranks " A".." D" among its top 5 here, so the scores come from `echo` prompt logprobs.
+    mmlu0 = EvalSettings("mmlu", shots=0, limit=3, subsets=("anatomy", "virology"))
+    runs = {}
+    for name, backend in (("local", LocalBackend(model, tok, "camel45m")), ("tgi", RemoteBackend(camel_server, tok)),
+                          ("openai", RemoteBackend(camel_server + "/v1", tok))):
+        res = evaluate(backend, mmlu0, shared_data / "eval" / "mmlu", tmp_path / name, progress=False)
+        recs = [json.loads(x) for x in (tmp_path / name / "mmlu-0shot" / "records.jsonl").read_text().splitlines()]
+        runs[name] = (res["metrics"], [r["prediction"] for r in recs], [r["logprobs"] for r in recs])
+    assert len(runs["local"][1]) == 6
+    for name in ("tgi", "openai"):
+        assert runs[name][:2] == runs["local"][:2], name
+        flat = [lp for row in runs[name][2] for lp in row]
+        assert flat == pytest.approx([lp for row in runs["local"][2] for lp in row], abs=1e-4), name
+
+
+def test_completions_logprobs_in_openai_legacy_format(camel, camel_server):
+    import torch
+
+    model, tok = camel
+    prompt = "Once upon a time, there was a little"
+    body = {"prompt": prompt, "max_tokens": 2, "temperature": 0, "logprobs": 3}
+    status, reply = request(camel_server + "/v1/completions", body)
+    assert status == 200, reply
+    lp = reply["choices"][0]["logprobs"]
+    assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"} and len(lp["tokens"]) == 2
+    assert "".join(lp["tokens"]) == reply["choices"][0]["text"] and lp["text_offset"][0] == len(prompt)
+    ids = tok(prompt)["input_ids"]
+    with torch.inference_mode():
+        local = model(input_ids=torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+    values, top = local.topk(3)
+    expected = {tok.decode([ids[-1], int(i)])[len(tok.decode([ids[-1]])):]: float(v) for i, v in zip(top, values, strict=True)}
+    assert all(k.startswith(" ") for k in expected)  # the token's text after the prompt, not its piece
+    assert lp["top_logprobs"][0] == pytest.approx(expected, abs=1e-4)
+    assert lp["token_logprobs"][0] == pytest.approx(float(values[0]), abs=1e-4)
+    # echo: the prompt's tokens first (the first without a logprob), then the generated one.
+    status, echo = request(camel_server + "/v1/completions", {**body, "max_tokens": 1, "logprobs": 0, "echo": True})
+    assert status == 200, echo
+    choice = echo["choices"][0]
+    assert choice["text"].startswith(prompt) and echo["usage"]["prompt_tokens"] == len(ids)
+    assert len(choice["logprobs"]["tokens"]) == len(ids) + 1 and choice["logprobs"]["token_logprobs"][0] is None
+    with torch.inference_mode():
+        full = model(input_ids=torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+    prompt_lps = full.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+    assert choice["logprobs"]["token_logprobs"][1:len(ids)] == pytest.approx(prompt_lps, abs=1e-4)
 
 
 # --- AlpacaFarm with a fake judge --------------------------------------------------------------------------

@@ -222,41 +222,71 @@ class RemoteBackend:
             else:
                 body = {"prompt": prompt, "max_tokens": max_new, "temperature": gen.temperature,
                         "top_p": gen.top_p if gen.temperature > 0 else None, "stop": stop or None, "seed": seed}
-                if self.model:
-                    body["model"] = self.model
-                text = self._post("/completions", {k: v for k, v in body.items() if v is not None})["choices"][0]["text"]
+                text = self._completion({k: v for k, v in body.items() if v is not None})[0]["text"]
             return cut_at_stop(text, gen.stop)
 
         return self._map(one, list(zip(prompts, seeds, strict=True)))
 
     def candidate_logprobs(self, prompts, candidates):
         """Exact argmax from the top-n list: a candidate absent from it is below every listed token. If no
-        candidate is listed (TGI), each candidate's logprob is read from the prefill of prompt + candidate."""
+        candidate is listed (a small model), each candidate's logprob is read from the prompt logprobs of
+        prompt + candidate (TGI `decoder_input_details`; OpenAI `echo` with `logprobs`, as lm-evaluation-harness
+        scores loglikelihoods through completions endpoints)."""
         def one(prompt: str) -> list[float | None]:
-            if self.api == "tgi":
-                params = {"max_new_tokens": 1, "do_sample": False, "details": True, "top_n_tokens": 5}
-                details = self._post("/generate", {"inputs": prompt, "parameters": params})["details"]
-                top = {t["id"]: t["logprob"] for t in details["top_tokens"][0]}
-                row = [top.get(c.token_id) for c in candidates]
-                if all(v is None for v in row):
-                    row = [self._prefill_logprob(prompt, c) for c in candidates]
-                return row
-            body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
-            if self.model:
-                body["model"] = self.model
-            try:
-                choice = self._post("/completions", body)["choices"][0]
-                top = choice["logprobs"]["top_logprobs"][0]
-            except (KeyError, TypeError, IndexError, CamelidError) as e:
-                raise CamelidError(f"{self.url}/completions returned no token logprobs ({e}); score MMLU "
-                                   "through the server's TGI route instead (--api tgi)") from None
-            return [top.get(c.text) for c in candidates]
+            row = self._top_logprobs(prompt, candidates)
+            if all(v is None for v in row):
+                row = [self._prompt_end_logprob(prompt, c) for c in candidates]
+            return row
 
         return self._map(one, list(prompts))
 
-    def _prefill_logprob(self, prompt: str, cand: Candidate) -> float:
-        params = {"max_new_tokens": 1, "do_sample": False, "details": True, "decoder_input_details": True}
-        prefill = self._post("/generate", {"inputs": prompt + cand.text, "parameters": params})["details"]["prefill"]
-        if prefill[-1]["id"] != cand.token_id:
-            raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id} on the server")
-        return prefill[-1]["logprob"]
+    def _top_logprobs(self, prompt: str, candidates: Sequence[Candidate]) -> list[float | None]:
+        if self.api == "tgi":
+            params = {"max_new_tokens": 1, "do_sample": False, "details": True, "top_n_tokens": 5}
+            details = self._post("/generate", {"inputs": prompt, "parameters": params})["details"]
+            top = {t["id"]: t["logprob"] for t in details["top_tokens"][0]}
+            return [top.get(c.token_id) for c in candidates]
+        choice = self._completion({"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5})[0]
+        try:
+            top = choice["logprobs"]["top_logprobs"][0]
+        except (KeyError, TypeError, IndexError):
+            raise CamelidError(f"{self.url}/completions returned no token logprobs; score MMLU through the "
+                               "server's TGI route instead (--api tgi)") from None
+        # The key is the token's text after the prompt (" A", vLLM and camelid) or its vocabulary piece
+        # ("▁A", early vLLM's convert_ids_to_tokens).
+        pieces = self.tokenizer.convert_ids_to_tokens([c.token_id for c in candidates])
+        return [top.get(c.text, top.get(piece)) for c, piece in zip(candidates, pieces, strict=True)]
+
+    def _completion(self, body: dict) -> tuple[dict, dict]:
+        """(first choice, usage) of a /v1/completions call."""
+        if self.model:
+            body = {**body, "model": self.model}
+        reply = self._post("/completions", body)
+        try:
+            return reply["choices"][0], reply.get("usage") or {}
+        except (KeyError, TypeError, IndexError):
+            raise CamelidError(f"{self.url}/completions: no choices in the reply") from None
+
+    def _prompt_end_logprob(self, prompt: str, cand: Candidate) -> float:
+        """The logprob of the last prompt token of prompt + candidate, which must be the candidate's token."""
+        ids = prompt_ids(self.tokenizer, prompt + cand.text)
+        if ids[-1] != cand.token_id:
+            raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id}")
+        if self.api == "tgi":
+            params = {"max_new_tokens": 1, "do_sample": False, "details": True, "decoder_input_details": True}
+            prefill = self._post("/generate", {"inputs": prompt + cand.text, "parameters": params})["details"]["prefill"]
+            if prefill[-1]["id"] != cand.token_id:
+                raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id} on the server")
+            return prefill[-1]["logprob"]
+        body = {"prompt": prompt + cand.text, "max_tokens": 1, "temperature": 0, "logprobs": 0, "echo": True}
+        choice, usage = self._completion(body)
+        try:
+            logprobs = choice["logprobs"]["token_logprobs"]
+        except (KeyError, TypeError):
+            raise CamelidError(f"{self.url}/completions returned no prompt logprobs for echo; score MMLU "
+                               "through the server's TGI route instead (--api tgi)") from None
+        # The echoed prompt's tokens come first; the server must have tokenized it as we do.
+        if usage.get("prompt_tokens") != len(ids) or len(logprobs) <= len(ids) - 1:
+            raise CamelidError(f"{self.url}/completions tokenized prompt + {cand.text!r} into "
+                               f"{usage.get('prompt_tokens')} tokens, the eval's tokenizer into {len(ids)}")
+        return logprobs[len(ids) - 1]
