@@ -10,7 +10,8 @@ extraction and scores are the same either way.
   (`camelid.eval.prefix`); generation goes through `_generate_local`, the one place that calls the
   runtime's batch generation.
 - `RemoteBackend`: TGI `/generate` (also `camelid serve`) or OpenAI-compatible `/v1/completions` (vLLM,
-  `camelid serve`). MMLU there reads the server's top-n next-token logprobs.
+  `camelid serve`). MMLU there reads the server's top-5 next-token logprobs, and the prompt logprobs of
+  prompt + candidate where no candidate is among them (`candidate_logprobs`).
 """
 
 from __future__ import annotations
