@@ -63,6 +63,7 @@ class SharedPrefix:
 
 @torch.inference_mode()
 def shared_prefix(model, ids: Sequence[int]) -> SharedPrefix:
+    """Run `ids` once (the LM head at the last position only) and keep their KV cache."""
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)  # filled in place by the forward
     model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, logits_to_keep=1,
