@@ -27,19 +27,15 @@ import os
 import time
 from pathlib import Path
 
+from camelid.runtime import cpu_kernels
+from camelid.runtime.cpu_features import cpu_features
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def shared_data() -> Path:
     return Path(os.environ.get("CAMELID_SHARED_DATA") or REPO.parent / "shared" / "data")
-
-
-def cpu_kind() -> str:
-    from camelid.runtime.cpu_features import cpu_features
-
-    f = cpu_features()
-    return f"{f.model} ({f.isa}{', AMX' if 'amx_tile' in f.flags else ''})"
 
 
 def timed(fn):
@@ -51,13 +47,13 @@ def timed(fn):
 def report(args, rows: list[dict], best: dict, same: bool, detail: str, extra: dict, suffix: str) -> None:
     speedup_cpu = best["baseline"]["cpu_s"] / best["prefix"]["cpu_s"]
     speedup_wall = best["baseline"]["wall_s"] / best["prefix"]["wall_s"]
-    print(f"CPU: {cpu_kind()}; threads {args.threads}; {detail}; model {args.model}")
+    print(f"CPU: {cpu_features().describe()}; threads {args.threads}; {detail}; model {args.model}")
     print(f"{'method':<10} {'cpu s':>8} {'wall s':>8} {'q/cpu-s':>8} {'q/wall-s':>9}")
     for r in rows:
         print(f"{r['method']:<10} {r['cpu_s']:>8.2f} {r['wall_s']:>8.2f} {r['q_per_cpu_s']:>8.2f} {r['q_per_wall_s']:>9.2f}")
     print(f"speedup: {speedup_cpu:.2f}x CPU time, {speedup_wall:.2f}x wall; identical outputs: {same}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = {"cpu": cpu_kind(), "threads": args.threads, "model": args.model, "task": args.task, "rows": rows,
+    out = {"cpu": cpu_kernels.status(), "threads": args.threads, "model": args.model, "task": args.task, "rows": rows,
            "speedup_cpu": speedup_cpu, "speedup_wall": speedup_wall, "identical_predictions": same, **extra}
     (RESULTS_DIR / f"eval_prefix{suffix}.json").write_text(json.dumps(out, indent=2))
     if not same:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,21 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from camelid.runtime import cpu_kernels
+from camelid.runtime.cpu_features import cpu_features
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAMELID_SHARED_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "benchmarks" / "results"
 TYPES = "f16,q8_0,q6_k,q5_k_m,q5_0,q4_k_m,q4_0,q3_k_m,q2_k"
 THREADS = 2
 SEQ = 256
-
-
-def cpu_kind() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.processor() or "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    extras = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(extras)}), {os.cpu_count()} CPUs"
 
 
 def quality(model_dir: Path, text: str, types: str, work: Path) -> list[dict]:
@@ -110,10 +103,10 @@ def run_quality(args) -> None:
     from camelid.tokenizer import load_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-gguf-"))
-    results = {"cpu": cpu_kind(), "threads": THREADS, "seq_len": SEQ, "models": {}}
+    results = {"cpu": cpu_kernels.status(), "threads": THREADS, "seq_len": SEQ, "models": {}}
     try:
         camel = SHARED / "models" / "camel45m"
-        print(f"camel45m, GSM8K test text, {args.kl_windows} x {SEQ}-token windows; {cpu_kind()}\n{HEADER}")
+        print(f"camel45m, GSM8K test text, {args.kl_windows} x {SEQ}-token windows; {cpu_features().describe()}\n{HEADER}")
         results["models"]["camel45m"] = {
             "text": f"GSM8K test, first {args.kl_windows} x {SEQ}-token windows",
             "rows": quality(camel, gsm_text(load_tokenizer(camel), args.kl_windows), args.types, work)}
@@ -165,7 +158,7 @@ def run_memory(args) -> int:
     try:
         size = generate(work / "model", args.layers)
         shutil.copyfile(SHARED / "tokenizers" / "llama2" / "tokenizer.model", work / "model" / "tokenizer.model")
-        print(f"generated {size / 1e9:.2f} GB fp16 ({args.layers} Llama-7B-shaped layers); {cpu_kind()}", flush=True)
+        print(f"generated {size / 1e9:.2f} GB fp16 ({args.layers} Llama-7B-shaped layers); {cpu_features().describe()}", flush=True)
         for types in args.rss_types.split(";"):
             env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
             proc = subprocess.run([sys.executable, __file__, "--child", str(work / "model"), str(work / "out"), types],
@@ -183,7 +176,7 @@ def run_memory(args) -> int:
             shutil.rmtree(work / "out")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    res = {"cpu": cpu_kind(), "layers": args.layers, "model_bytes_fp16": size, "target_fraction": 0.25,
+    res = {"cpu": cpu_kernels.status(), "layers": args.layers, "model_bytes_fp16": size, "target_fraction": 0.25,
            "rows": rows, "ok": all(r["peak_rss_fraction"] < 0.25 for r in rows)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gguf_memory.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -155,7 +155,10 @@ def main() -> int:
     torch.set_num_threads(THREADS)
     seq = 256
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-quant-"))
-    results: dict = {"machine": f"{os.cpu_count()} CPUs, torch threads {THREADS}", "seq_len": seq,
+    from camelid.runtime.cpu_features import cpu_features
+
+    results: dict = {"machine": f"{os.cpu_count()} CPUs, torch threads {THREADS}", "cpu": cpu_features().summary(),
+                     "seq_len": seq,
                      "calibration": f"{args.nsamples} x {seq} tokens, wikitext-2-v1 valid, seed 0", "rows": []}
     try:
         tok = load_tokenizer(CAMEL)

@@ -19,23 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from camelid.runtime import cpu_kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAMELID_SHARED_DATA") or ROOT.parent / "shared" / "data")
 CAMEL = SHARED / "models" / "camel45m"
 CALIB = SHARED / "eval" / "wikitext2" / "wikitext-2-v1.valid.tokens.txt"
 HELD_OUT = SHARED / "eval" / "wikitext2" / "wiki.test.raw"
 RESULTS = ROOT / "benchmarks" / "results" / "release.json"
-
-
-def cpu_kind() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(extras) or 'no AVX-512'}), {os.cpu_count()} logical CPUs"
 
 
 def main() -> int:
@@ -77,7 +68,7 @@ def main() -> int:
                   "branches": [{k: b[k] for k in ("branch", "params", "size_bytes", "quantize_seconds",
                                                   "quantize_cpu_seconds", "measure_seconds", "measured")}
                                for b in branches],
-                  "machine": {"cpu": cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "machine": {"cpu": cpu_kernels.status(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "python": platform.python_version(),
                               "note": "shared machine; other jobs were using the CPU: wall times are noisy"}}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from camelid.runtime.batch import Batch, cache_kwarg
+from camelid.runtime.kvcache import preallocated_cache
 
 # Suffix tokens per forward pass (the [B, L, vocab] logits are the largest tensor).
 TOKENS_PER_BATCH = 2048
@@ -41,8 +42,8 @@ def common_prefix_length(id_lists: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _broadcast(cache: DynamicCache, batch: int, config) -> DynamicCache:
-    out = DynamicCache(config=config)
+def _broadcast(cache: DynamicCache, batch: int, out: DynamicCache) -> DynamicCache:
+    """`out` filled with `cache`'s keys/values repeated over `batch` rows."""
     for i, layer in enumerate(cache.layers):
         out.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), i)
     return out
@@ -88,7 +89,8 @@ def prefill_after(model, prompts: list[list[int]], prefix: SharedPrefix) -> tupl
         mask[row, shared + width - len(s):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1)[:, shared:]
-    kv = _broadcast(prefix.cache, len(prompts), model.config)
+    # Room to decode in place, as batch.prefill's cache (`camelid.runtime.kvcache`).
+    kv = _broadcast(prefix.cache, len(prompts), preallocated_cache(model.config))
     base = model.base_model
     out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg(base): kv})
     # The head on a fresh copy of the last hidden state, as batch.prefill does (a view's strides are slow).
@@ -123,7 +125,7 @@ def next_token_logprobs(model, id_lists: Sequence[Sequence[int]], candidate_ids:
         suffixes = [list(id_lists[i][shared:]) for i in rows]
         longest = max(len(s) for s in suffixes)
         batch = torch.tensor([s + [0] * (longest - len(s)) for s in suffixes], device=device)
-        kv = None if cache is None else _broadcast(cache, len(rows), model.config)
+        kv = None if cache is None else _broadcast(cache, len(rows), DynamicCache(config=model.config))
         # The LM head runs only at the positions some row ends at (it costs as much as the layers).
         ends = sorted({len(s) - 1 for s in suffixes})
         keep = torch.tensor(ends, device=device)

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from camelid.errors import CamelidError
 from camelid.runtime import batch as B
 from camelid.runtime.detokenize import TextStream
+from camelid.runtime.kvcache import preallocated_cache
 from camelid.runtime.sampling import Sampler, SamplingParams
 from camelid.runtime.stops import NO_STOPS, StopMatcher, Stops
 
@@ -42,7 +42,7 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, sampler: 
     max_new_tokens = _budget(model, input_ids, max_new_tokens)
     device = next(model.parameters()).device
     seen = torch.tensor(list(input_ids), dtype=torch.long, device=device)
-    cache = DynamicCache(config=model.config)  # what the model makes itself without one; filled in place
+    cache = preallocated_cache(model.config)  # filled in place; appends without copying the cache (`kvcache`)
     kv = {B.cache_kwarg(model): cache}
     out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1, **kv)  # prefill: last position only
     for _ in range(max_new_tokens):
