@@ -114,18 +114,31 @@ def _original_card(src: Path) -> str | None:
     return (text[m.end():] if m else text).strip() or None
 
 
-def _front_matter(info: CardInfo, record: dict, config: dict, prompt: dict | None) -> str:
+def front_matter(info: CardInfo, config: dict, prompt: dict | None, fmt: str | None,
+                 datasets: list[str]) -> str:
+    """The YAML block; `fmt` (gptq, awq, gguf) tags a quantized repository, None the fp16 one."""
     from huggingface_hub import ModelCardData
 
-    datasets = sorted({HUB_DATASETS[b["calibration"]["dataset"]] for b in record["branches"].values()
-                       if b["calibration"]["dataset"] in HUB_DATASETS})
-    extra = {"base_model_relation": "quantized"} if info.original_repo else {}
+    extra = {"base_model_relation": "quantized"} if info.original_repo and fmt else {}
+    tags = ([fmt, "quantized"] if fmt else []) + ["camelid", config.get("model_type", "llama")]
     data = ModelCardData(
         base_model=info.original_repo, model_name=info.name, license=info.license, datasets=datasets or None,
-        tags=["gptq", "quantized", "camelid", config.get("model_type", "llama")], pipeline_tag="text-generation",
+        tags=tags, pipeline_tag="text-generation",
         inference=False, model_creator=info.creator, model_type=config.get("model_type"),
         prompt_template=prompt["text"] if prompt else "{prompt}\n", quantized_by=info.quantized_by, **extra)
     return data.to_yaml() + "\n"
+
+
+def hub_datasets(calibrations: list[dict]) -> list[str]:
+    return sorted({HUB_DATASETS[c["dataset"]] for c in calibrations if c["dataset"] in HUB_DATASETS})
+
+
+def evaluation_text(ev: dict) -> str:
+    """Which windows every measured column comes from."""
+    return (f"{ev['windows']} windows of {ev['seq_len']} tokens of "
+            + (f"`{ev['file']}` (sha256 {ev['sha256'][:12]})" if ev["source"] == "file" else
+               f"{ev['dataset']} that no calibration window used")
+            + f", both models in {ev['dtype']}.")
 
 
 def _rows(record: dict, repo: str, hub: bool) -> tuple[list[dict], list[str]]:
@@ -164,11 +177,7 @@ def render_card(record: dict, src: Path, out: Path) -> str:
     tok = load_tokenizer(out / branches[0])
     prompt = prompt_info(tok, info.template)
     rows, notes = _rows(record, repo, hub)
-    ev = record["evaluation"]
-    evaluation = (f"{ev['windows']} windows of {ev['seq_len']} tokens of "
-                  + (f"`{ev['file']}` (sha256 {ev['sha256'][:12]})" if ev["source"] == "file" else
-                     f"{ev['dataset']} that no calibration window used")
-                  + f", both models in {ev['dtype']}.")
+    evaluation = evaluation_text(record["evaluation"])
     first = next(iter(record["branches"].values()))
     extras = record.get("extras") or {}
     repositories = repository_lines(extras, info, ("GPTQ models for GPU and CPU inference, with multiple "
@@ -185,7 +194,8 @@ def render_card(record: dict, src: Path, out: Path) -> str:
               for b in record["branches"].values()]
     original_name = info.original_repo or record["source"]["name"]
     return template_env().get_template("card.md.j2").render(performance=extras.get("performance"),
-        front_matter=_front_matter(info, record, config, prompt), name=info.name, creator=info.creator,
+        front_matter=front_matter(info, config, prompt, "gptq", hub_datasets(
+            [b["calibration"] for b in record["branches"].values()])), name=info.name, creator=info.creator,
         creator_url=None, original_name=original_name,
         original_url=f"https://huggingface.co/{info.original_repo}" if info.original_repo else None,
         version=__version__,
