@@ -81,7 +81,7 @@ def _of(info: CardInfo) -> str:
 
 def render_awq(info: CardInfo, sib: Sibling, record: dict, src: Path, extras: dict) -> str:
     p, c = record["params"], record["calibration"]
-    row = {**_folder_row(sib, record), "bits": p["bits"], "gs": p["group_size"], "dataset": c["dataset"],
+    row = {**_folder_row(sib, record), "bits": p["bits"], "gs": p["group_size"], "dataset": c.get("dataset_file") or c["dataset"],
            "seq_len": c["seq_len"]}
     desc = (f"This repo contains AWQ model files for {_of(info)}, quantised with camelid (AutoAWQ's scale and "
             "clip search) into AutoAWQ's GEMM layout.")

@@ -23,6 +23,7 @@ from camelid.checkpoint.output import MANIFEST, atomic_output_dir, partial_dir, 
 from camelid.checkpoint.source import open_checkpoint
 from camelid.checkpoint.writer import TensorSpec
 from camelid.errors import CamelidError
+from camelid.quant.api import dataset_record
 from camelid.quant.settings import CalibSpec, RunOptions
 from camelid.release.build import _finish_folder, _weights_digest, manifest_verifies
 from camelid.release.measure import measure_branch
@@ -187,7 +188,7 @@ def build_awq(sib: Sibling, job: VariantJob, group_size: int, calib: CalibSpec, 
     record = _measured_folder(sib, job, plan, t0)
     return {"format": "awq", "params": {"bits": AWQ_BITS, "group_size": group_size, "zero_point": True,
                                         "version": "gemm"},
-            "calibration": {"dataset": calib.dataset, "nsamples": int(calibration.shape[0]),
+            "calibration": {**dataset_record(calib.dataset, calib.dataset_path), "nsamples": int(calibration.shape[0]),
                             "seq_len": int(calibration.shape[1]), "seed": calib.seed},
             "unquantized_linears": plan["unquantized_linears"], **record, "built": built}
 
