@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,42 +170,49 @@ def quantize_awq_variant(source: Path, out: Path, group_size: int, calib: CalibS
     quantize_awq(source, out, AWQSettings(bits=AWQ_BITS, group_size=group_size), calib, options, calibration)
 
 
-def build_awq(sib: Sibling, job: VariantJob, group_size: int, calib: CalibSpec, calibration: torch.Tensor,
-              previous: dict | None) -> dict:
-    config = json.loads((job.source / "config.json").read_text())
-    plan = plan_awq(config, group_size, job.options.max_shard_size)
+def _folder_variant(sib: Sibling, job: VariantJob, plan: dict, previous: dict | None,
+                    make: Callable[[], object], check: Callable[[], None]) -> dict:
+    """A model-folder sibling kept from an earlier run, or made by `make()` when missing or damaged; then
+    `check()` that it is this variant, the finishing files, its manifest and its measurement."""
     if _kept(sib, previous, job):
         return previous | {"built": False}
     t0 = time.perf_counter()
     _discard_damaged(sib.folder)
     built = not sib.folder.exists()
     if built:
-        quantize_awq_variant(job.source, sib.folder, group_size, calib, job.options, calibration)
+        make()
+    check()
+    return _measured_folder(sib, job, plan, t0) | {"built": built}
+
+
+def build_awq(sib: Sibling, job: VariantJob, group_size: int, calib: CalibSpec, calibration: torch.Tensor,
+              previous: dict | None) -> dict:
     from camelid.formats.awq import read_config
 
-    qcfg = read_config(sib.folder)
-    if qcfg is None or qcfg.group_size != group_size:
-        raise CamelidError(f"{sib.folder} holds another variant (not AWQ {AWQ_BITS}-bit {group_size}g); delete it")
-    record = _measured_folder(sib, job, plan, t0)
+    config = json.loads((job.source / "config.json").read_text())
+    plan = plan_awq(config, group_size, job.options.max_shard_size)
+
+    def check() -> None:
+        qcfg = read_config(sib.folder)
+        if qcfg is None or qcfg.group_size != group_size:
+            raise CamelidError(f"{sib.folder} holds another variant (not AWQ {AWQ_BITS}-bit {group_size}g); delete it")
+
+    record = _folder_variant(sib, job, plan, previous, check=check, make=lambda: quantize_awq_variant(
+        job.source, sib.folder, group_size, calib, job.options, calibration))
     return {"format": "awq", "params": {"bits": AWQ_BITS, "group_size": group_size, "zero_point": True,
                                         "version": "gemm"},
             "calibration": {**dataset_record(calib.dataset, calib.dataset_path), "nsamples": int(calibration.shape[0]),
                             "seq_len": int(calibration.shape[1]), "seed": calib.seed},
-            "unquantized_linears": plan["unquantized_linears"], **record, "built": built}
+            "unquantized_linears": plan["unquantized_linears"]} | record
 
 
 def build_fp16(sib: Sibling, job: VariantJob, previous: dict | None) -> dict:
     from camelid.checkpoint.cast import convert
 
     plan = plan_fp16(job.source, job.options.max_shard_size)
-    if _kept(sib, previous, job):
-        return previous | {"built": False}
-    t0 = time.perf_counter()
-    _discard_damaged(sib.folder)
-    built = not sib.folder.exists()
-    if built:
-        convert(job.source, sib.folder, "float16", max_shard_size=job.options.max_shard_size)
-    return {"format": "fp16", "params": {"dtype": "float16"}, **_measured_folder(sib, job, plan, t0), "built": built}
+    return {"format": "fp16", "params": {"dtype": "float16"}} | _folder_variant(
+        sib, job, plan, previous, check=lambda: None,
+        make=lambda: convert(job.source, sib.folder, "float16", max_shard_size=job.options.max_shard_size))
 
 
 def build_gguf(sib: Sibling, job: VariantJob, types: tuple[str, ...], stem: str, previous: dict | None,
