@@ -71,7 +71,7 @@ def test_performance_table_for_source_branch_and_attached_result(shared_data, tm
     assert lines[2:] == expected
     assert "`--limit 2`" in section and "- GSM Direct: not run; no eval/gsm8k" in section  # attached; ours
     assert "- GSM CoT: no eval/gsm8k" in section and "- TydiQA GP: not run; no eval/tydiqa" in section
-    assert_no_local_paths(out, tmp_path, shared_data)
+    assert_no_local_paths(out / "main", tmp_path, shared_data)  # what is published (not OUT/.camelid state)
 
     # rerun: the recorded rows are reused, no model is loaded for the suite
     import camelid.eval as ev
