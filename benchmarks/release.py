@@ -89,7 +89,7 @@ def main() -> int:
             print(f"{name:32s} {entry['size_bytes']:12,d} {repo['build_seconds']:8.1f} {'':>7s} {'':>9s} "
                   f"{m['kld_mean']:8.4f} {m['top1_agreement_pct']:7.1f} {m['ppl']:8.3f}")
         print(f"source ppl {branches[0]['measured']['ppl_reference']:.3f}; whole release {total:.1f} s wall, "
-              f"{total_cpu:.1f} s CPU (this process); card: {work / branches[0]['branch'] / 'README.md'}")
+              f"{total_cpu:.1f} s CPU (this process); cards under {work}")
         result = {"model": "camel45m", "matrix": "llama", "seq_len": args.seq_len, "nsamples": args.nsamples,
                   "eval": record["evaluation"], "total_wall_s": round(total, 1), "total_cpu_s": round(total_cpu, 1),
                   "branches": [{k: b[k] for k in ("branch", "params", "size_bytes", "quantize_seconds",
