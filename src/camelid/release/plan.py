@@ -111,10 +111,12 @@ def files_of(specs: list[TensorSpec], metadata: dict[str, str], max_shard_size: 
 
 def plan_branch(config: dict, row: Row, max_shard_size: str | int = "5GB") -> BranchPlan:
     from camelid.quant.checks import check_run
+    from camelid.quant.methods import method_for
 
     p = row.params
     try:  # quantize's own rule for a setting that packs none of the Linears (lm_head included), one owner
-        check_run(p, config_shapes(config), config["num_hidden_layers"], 0, 0, calibrated=False)
+        check_run(p, config_shapes(config), config["num_hidden_layers"], 0, 0, calibrated=False,
+                  packable=method_for(p).packable)
     except CamelidError as e:
         raise CamelidError(f"matrix row {row.branch!r}: {e}") from None
     specs, skipped = weight_specs(config, p)
