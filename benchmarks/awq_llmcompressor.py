@@ -184,14 +184,11 @@ def main() -> int:
             results["rows"].append(row)
             print(_fmt(row), flush=True)
             shutil.rmtree(out, ignore_errors=True)
-        results["targets"] = targets(results["rows"])
+            results["targets"] = targets(results["rows"])
+            write_json(Path(args.out), results)  # after every row: a long run's finished rows survive
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    out = write_json(Path(args.out), results)
     print()
     print(results["machine"])
     print(table(results["rows"]))
@@ -210,6 +207,14 @@ ROWS = {
     "llmc-awq": ("llm-compressor AWQ (fp32)", "llmc", {"awq": True, "n_grid": N_GRID}),
     "llmc-rtn": ("llm-compressor RTN (asym)", "llmc", {"awq": False}),
 }
+
+
+def write_json(out: Path, results: dict) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
+    return out
 
 
 def parity(model, windows_file: Path, logits_file: Path, load_file) -> float:
