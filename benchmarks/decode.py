@@ -8,14 +8,14 @@ The model is a Llama with two Llama-7B-shaped layers (hidden 4096, intermediate 
   (tokenizer from the LLaMA-2 tokenizer.model in shared data, never copied into the repo),
 so every quantized contender runs the same weights at ~4.5 bits. Each contender runs in its own
 subprocess (peak RSS is that process' own VmHWM) with 2 threads, `--rounds` times in rotating order; decode is
-the median per-token step of 128 greedy tokens after a 12-token prompt (HF: `generate()`, timed per step
-by a logits processor; llama.cpp: `eval` + argmax), and the round with the fastest decode is reported.
+the median per-token step of 128 greedy tokens after a `--context`-token prompt (default 12; 512 and 1,920
+measure the KV cache at long contexts) (HF: `generate()`, timed per step by a logits processor; camelid: its
+own `generate_ids` loop; llama.cpp: `eval` + argmax), and the round with the fastest decode is reported.
 camelid runs three ways: `camelid` (the kernel `choose_kernel` picks on this CPU), `camelid-int4` (torch's
 int4 tinygemm forced, the round-one path) and `camelid-avx2` (CAMELID_CPU_ISA=avx2: the kernels an
 AVX2-only CPU gets, run on this one).
-llama-cpp-python must be built for the host's features, not -march=native (an AVX-512 build dies with SIGILL
-on AVX2 machines, and with GGML_NATIVE on, -march=native re-enables AMX, whose path segfaulted on the Xeon);
-`--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
+llama-cpp-python must be built for the host's features, not -march=native (camelid.runtime.llamacpp_build
+says why; `make test` builds it so); `--llamacpp-cmake-args` prints the CMAKE_ARGS for this host:
 
     CMAKE_ARGS="$(python benchmarks/decode.py --llamacpp-cmake-args)" pip install --no-binary llama-cpp-python llama-cpp-python
     PYTHONPATH=src python benchmarks/decode.py [--workdir /tmp/camelid-bench-decode] [--only camelid,llamacpp-q4_0] [--rounds 2]
@@ -37,12 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 CONTENDERS = ("hf-fp32", "hf-bf16", "hf-gptqmodel", "llamacpp-q4_0", "camelid", "camelid-int4", "camelid-avx2")
-# ggml's CMake switches per /proc/cpuinfo flag (ggml/CMakeLists.txt); AMX stays off (see the docstring).
-GGML_FLAGS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "avx_vnni": "GGML_AVX_VNNI",
-              "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
-              "avx512_bf16": "GGML_AVX512_BF16"}
 THREADS = 2
-PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512
+PROMPT_LEN, NEW_TOKENS, PREFILL_LEN = 12, 128, 512  # PROMPT_LEN is --context
 CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", "hidden_size": 4096,
     "intermediate_size": 11008, "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 32,
@@ -163,11 +159,6 @@ def _summary(steps: list[tuple[float, float]], prefill: list[tuple[float, float]
             "prefill_tokens_per_cpu_s": PREFILL_LEN / min(c for _, c in prefill)}
 
 
-def llamacpp_cmake_args(flags: frozenset[str]) -> str:
-    on = [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in GGML_FLAGS.items()]
-    return " ".join(["-DGGML_NATIVE=OFF", *on, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
-
-
 def peak_rss_mb() -> float:
     """This process' own peak RSS. Not ru_maxrss: Linux carries the forking parent's high-water mark over
     exec into it, so every contender reported at least the driver's RSS (3,149 MB after writing the
@@ -179,6 +170,23 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_steps_and_prefill(model, generate) -> dict:
+    """`generate(n)` -> n-1 decode step times, after a warm-up; then the best of two 512-token prefills."""
+    import torch
+
+    generate(8)  # warm-up (allocations, first-call paths)
+    steps = generate(NEW_TOKENS)
+    ids = torch.tensor([_prompt(PREFILL_LEN)])
+    prefill = []
+    with torch.inference_mode():
+        model(ids[:, :64])
+        for _ in range(2):
+            t0 = _now()
+            model(ids, logits_to_keep=1)
+            prefill.append(_gaps([t0, _now()])[0])
+    return _summary(steps, prefill)
 
 
 def _time_hf(model) -> dict:
@@ -202,17 +210,22 @@ def _time_hf(model) -> dict:
         assert out.shape[1] == PROMPT_LEN + n_new
         return _gaps(clock.ticks)
 
-    generate(8)  # warm-up (allocations, first-call paths)
-    steps = generate(NEW_TOKENS)
-    ids = torch.tensor([_prompt(PREFILL_LEN)])
-    prefill = []
-    with torch.no_grad():
-        model(ids[:, :64])
-        for _ in range(2):
-            t0 = _now()
-            model(ids, logits_to_keep=1)
-            prefill.append(_gaps([t0, _now()])[0])
-    return _summary(steps, prefill)
+    return _time_steps_and_prefill(model, generate)
+
+
+def _time_camelid(model) -> dict:
+    """camelid's own loop (`generate_ids`: preallocated KV cache, greedy `Sampler`), timed between yielded ids."""
+    from camelid.runtime.generate import generate_ids
+    from camelid.runtime.sampling import Sampler, SamplingParams
+
+    def generate(n_new: int) -> list[tuple[float, float]]:
+        ticks = []
+        for _ in generate_ids(model, _prompt(PROMPT_LEN), n_new, Sampler(SamplingParams(temperature=0))):
+            ticks.append(_now())
+        assert len(ticks) == n_new
+        return _gaps(ticks)
+
+    return _time_steps_and_prefill(model, generate)
 
 
 def _time_llamacpp(llm) -> dict:
@@ -269,13 +282,17 @@ def run_contender(name: str, paths: dict[str, Path]) -> dict:
         import llama_cpp
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(paths["gguf"]), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
+        llm = Llama(model_path=str(paths["gguf"]), n_threads=THREADS, n_threads_batch=THREADS,
+                    n_ctx=max(1024, PROMPT_LEN + NEW_TOKENS + 8),
                     n_batch=PREFILL_LEN, n_ubatch=PREFILL_LEN, logits_all=False, verbose=False)
         info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
     else:
         raise SystemExit(f"unknown contender {name}")
     load_s = time.perf_counter() - t0
-    timings = _time_llamacpp(llm) if name == "llamacpp-q4_0" else _time_hf(model)
+    if name == "llamacpp-q4_0":
+        timings = _time_llamacpp(llm)
+    else:
+        timings = _time_camelid(model) if name.startswith("camelid") else _time_hf(model)
     return {"contender": name, "load_s": load_s, **timings, "peak_rss_mb": peak_rss_mb(), **info}
 
 
@@ -283,27 +300,34 @@ def run_contender(name: str, paths: dict[str, Path]) -> dict:
 
 
 def main() -> None:
-    global THREADS
+    global THREADS, PROMPT_LEN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/camelid-bench-decode"))
     ap.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of " + ", ".join(CONTENDERS))
     ap.add_argument("--rounds", type=int, default=2, help="runs per contender (the fastest is reported)")
     ap.add_argument("--threads", type=int, default=THREADS, help="CPU threads per contender (the issue's setting: 2)")
+    ap.add_argument("--context", type=int, default=PROMPT_LEN,
+                    help=f"prompt tokens before the timed decode steps (default {PROMPT_LEN}); decode then runs at "
+                         f"positions CONTEXT..CONTEXT+{NEW_TOKENS}, at most {CONFIG['max_position_embeddings']}")
     ap.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender and print JSON
     ap.add_argument("--llamacpp-cmake-args", action="store_true", help="print CMAKE_ARGS for a native llama.cpp build")
     args = ap.parse_args()
-    THREADS = args.threads
+    THREADS, PROMPT_LEN = args.threads, args.context
+    if not 0 < PROMPT_LEN <= CONFIG["max_position_embeddings"] - NEW_TOKENS:
+        ap.error(f"--context must be in 1..{CONFIG['max_position_embeddings'] - NEW_TOKENS}")
     from camelid.runtime.cpu_features import cpu_features
 
     cpu = cpu_features()
     if args.llamacpp_cmake_args:
+        from camelid.runtime.llamacpp_build import llamacpp_cmake_args
+
         print(llamacpp_cmake_args(cpu.flags))
         return
     if args.contender:
         paths = {"hf": args.workdir / "hf", "gptq": args.workdir / "gptq-4bit-g128", "gguf": args.workdir / "model-q4_0.gguf"}
         print("RESULT " + json.dumps(run_contender(args.contender, paths)))
         return
-    print(f"CPU: {cpu.model}; flags: {' '.join(cpu.summary()['flags'])}; {THREADS} threads", file=sys.stderr)
+    print(f"CPU: {cpu.describe()}; {THREADS} threads; decode after {PROMPT_LEN} prompt tokens", file=sys.stderr)
     paths = prepare(args.workdir)
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "GPTQMODEL_CPU_WORKERS": str(THREADS),
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -313,7 +337,7 @@ def main() -> None:
         # Rotate the order each round so no contender always runs in the same (busy or quiet) slot.
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             proc = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--contender", name,
-                                   "--threads", str(THREADS)],
+                                   "--threads", str(THREADS), "--context", str(PROMPT_LEN)],
                                   env={**env, "CAMELID_CPU_ISA": "avx2"} if name == "camelid-avx2" else env,
                                   capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -351,13 +375,15 @@ def main() -> None:
                 "ratio": c["prefill_tokens_per_s"] / ref["llamacpp-q4_0"]["prefill_tokens_per_s"], "target": ">= 1.0"}
             print(f"camelid / llamacpp-q4_0 prefill tok/s: {ratios['camelid/llamacpp-q4_0 prefill tok/s']['ratio']:.2f}"
                   " (target >= 1.0)")
-    results = RESULTS_DIR / ("decode.json" if THREADS == 2 else f"decode-{THREADS}threads.json")
+    stem = "decode" + ("" if THREADS == 2 else f"-{THREADS}threads") + ("" if args.context == 12 else f"-context{args.context}")
+    results = RESULTS_DIR / f"{stem}.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
         "setup": {"model": "Llama, 2 layers of Llama-7B shape, random weights, untied head", "threads": THREADS,
                   "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS, "prefill_tokens": PREFILL_LEN,
                   "quantized": f"{BITS}-bit g{GROUP} (GPTQ, lm_head too) / Q4_0 (all matrices)",
                   "rounds": args.rounds, "cpu_threads_available": os.cpu_count(), "cpu": cpu.summary(),
+                  "context": PROMPT_LEN,
                   "load_average_at_end": os.getloadavg()},
         "results": rows, "ratios": ratios, "all_runs": runs}, indent=2))
     print(f"wrote {results}")

@@ -9,11 +9,14 @@ For Llama-7B's MLP shapes (11008x4096 and 4096x11008, 4-bit, group 128) it times
 - `int8pack`: torch's `_weight_int8pack_mm` (8-bit weights, bf16 activations: twice the bytes),
 - `dense-bf16`: F.linear on already dequantized bf16 weights (4x the bytes; the GEMM alone),
 - `inductor` (with --compile): torch.compile of dequantize-and-multiply from the q4x8 layout.
+q4x8 weights sit on 2 MB huge pages as a loaded model's do (`runtime/hugepages.py`); `q4x8@ISA 4k-pages` is
+the same kernel on ordinary pages. With --copies N each call uses the next of N copies of the weights, so they
+stream from DRAM as in a decode step (one copy stays in the last-level cache after the first call).
 Each cell is the best (min) and median wall time over --reps calls with --threads threads, and the
 CPU time of the same call on one thread (`time.thread_time`, the work itself, less disturbed by other
 processes on a shared machine than wall time).
 
-    PYTHONPATH=src python benchmarks/kernels.py [--threads 2] [--reps 7] [--rows 1,4,16,32,64,128,512] [--compile]
+    PYTHONPATH=src python benchmarks/kernels.py [--threads 2] [--reps 7] [--rows 1,4,16,32,64,128,512] [--copies 16] [--compile]
 
 Prints a table and writes benchmarks/results/kernels.json (with the CPU model, flags and kernel path).
 """
@@ -21,6 +24,7 @@ Prints a table and writes benchmarks/results/kernels.json (with the CPU model, f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -33,23 +37,30 @@ import torch.nn.functional as F
 from camelid.runtime import cpu_kernels
 from camelid.runtime import kernels as K
 from camelid.runtime.cpu_features import ISA_FLAGS, ISA_LEVELS, cpu_features
+from camelid.runtime.hugepages import huge_page_copy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
 SHAPES = ((11008, 4096), (4096, 11008))  # (out, in): gate/up and down of Llama-7B
 GROUP = 128
 
 
-def make_weights(n_out: int, n_in: int) -> dict:
-    g = torch.Generator().manual_seed(0)
+def make_weights(n_out: int, n_in: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
     q = torch.randint(0, 16, (n_in, n_out), generator=g, dtype=torch.int32)
     scales = torch.rand(n_in // GROUP, n_out, generator=g) * 0.02 + 0.005
     zeros = torch.full((n_in // GROUP, n_out), 8, dtype=torch.int32)
     w = K.GPTQWeight(q=q, zeros=zeros, scales=scales, g=torch.arange(n_in) // GROUP, perm=None, bits=4)
-    return {"int4": K.prepare_int4(w, torch.device("cpu")), "q4x8": K.prepare_q4x8(w, torch.device("cpu")),
+    q4x8 = K.prepare_q4x8(w, torch.device("cpu"))
+    return {"int4": K.prepare_int4(w, torch.device("cpu")), "q4x8-4k-pages": q4x8,
+            "q4x8": {**q4x8, "weight": huge_page_copy(q4x8["weight"])},  # as GPTQLinear holds it
             "dense": K.dequantize_sorted(w).to(torch.bfloat16).contiguous(),
             "int8": K.prepare_int8(K.GPTQWeight(q=q * 16, zeros=zeros[:1] * 16, scales=scales[:1] / 16,
                                                 g=torch.zeros(n_in, dtype=torch.long), perm=None, bits=8),
                                    torch.device("cpu"), torch.bfloat16)}
+
+
+def q4x8_call(ext, p: dict):
+    return lambda x: ext.q4x8_mm(x.float(), p["weight"], p["scales"], p["scaled_zeros"], p["block"])
 
 
 def contenders(weights: dict, compile_inductor: bool) -> dict:
@@ -64,10 +75,11 @@ def contenders(weights: dict, compile_inductor: bool) -> dict:
         for isa in ISA_LEVELS[ISA_LEVELS.index(host):]:
             if isa != "generic" and ISA_FLAGS[isa] <= cpu_features().flags and cpu_kernels.load_extension(isa):
                 ext = cpu_kernels.load_extension(isa)
-                out[f"q4x8@{isa}"] = (lambda e: lambda x: e.q4x8_mm(x.float(), pq["weight"], pq["scales"],
-                                                                     pq["scaled_zeros"], pq["block"]))(ext)
-        out["dequant+gemm"] = lambda x: K.q4x8_mm(x, pq["weight"], pq["scales"], pq["scaled_zeros"], pq["block"],
-                                                  dense_from=1)
+                out[f"q4x8@{isa}"] = q4x8_call(ext, pq)
+                if isa == host:  # the same kernel on ordinary 4 KB pages: what hugepages.huge_page_copy gains
+                    out[f"q4x8@{isa} 4k-pages"] = q4x8_call(ext, weights["q4x8-4k-pages"])
+        dense = K.q4x8_route(dense_from=1)
+        out["dequant+gemm"] = lambda x: K.q4x8_mm(x, pq["weight"], pq["scales"], pq["scaled_zeros"], pq["block"], dense)
     if compile_inductor:
         n_out, half = pq["weight"].shape
 
@@ -79,6 +91,13 @@ def contenders(weights: dict, compile_inductor: bool) -> dict:
         compiled = torch.compile(dequant_mm, dynamic=False)
         out["inductor"] = lambda x: compiled(x, pq["weight"], pq["scales"], pq["scaled_zeros"])
     return out
+
+
+def rotating(fns: list) -> object:
+    """One call per weight copy in turn: with enough copies (--copies) the weights stream from DRAM, as in a
+    decode step, rather than from the last-level cache."""
+    turn = itertools.count()
+    return lambda x: fns[next(turn) % len(fns)](x)
 
 
 def time_call(f, x, reps: int, threads: int) -> dict:
@@ -104,6 +123,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--rows", default="1,4,16,32,64,128,512")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="weight copies used in turn (16: ~360 MB per shape, more than this Xeon's L3)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) dequant+matmul")
     args = ap.parse_args()
     status = cpu_kernels.status()
@@ -114,7 +135,8 @@ def main() -> None:
     rows = [int(r) for r in args.rows.split(",")]
     results = []
     for n_out, n_in in SHAPES:
-        fns = contenders(make_weights(n_out, n_in), args.compile)
+        per_copy = [contenders(make_weights(n_out, n_in, seed), args.compile) for seed in range(args.copies)]
+        fns = {name: rotating([c[name] for c in per_copy]) for name in per_copy[0]}
         print(f"\n[{n_out} x {n_in}] wall ms min / median ({args.threads} threads), CPU ms (1 thread)")
         print(f"{'contender':<18}" + "".join(f"{'rows ' + str(m):>22}" for m in rows))
         for name, f in fns.items():
@@ -128,6 +150,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.partial")
     tmp.write_text(json.dumps({"cpu": status, "threads": args.threads, "reps": args.reps, "group_size": GROUP,
+                               "copies": args.copies,
                                "dense_rows": K.dense_rows(), "load_average_at_end": os.getloadavg(),
                                "torch": torch.__version__, "results": results}, indent=2))
     tmp.rename(RESULTS)

@@ -58,21 +58,18 @@ def child(spec: dict) -> None:
         calib = [{"input_ids": r.tolist(), "attention_mask": [1] * len(r)} for r in ids]
         model.quantize(calib, batch_size=spec["batch"])
         model.save(spec["out"])
-    elif spec["tool"] == "awq":
+    else:  # camelid's layer loop; awq: AutoAWQ's search settings unless the spec's "awq" names others
+        from camelid.quant import QuantParams, RunOptions
+        from camelid.quant.api import quantize_with
         from camelid.quant.awq import AWQSettings
-        from camelid.quant.awq_run import quantize_awq
-        from camelid.quant.settings import CalibSpec, RunOptions
-
-        awq = AWQSettings(bits=spec["bits"], group_size=spec["group_size"], **spec.get("awq", {}))
-        quantize_awq(spec["model"], spec["out"], awq, CalibSpec(),
-                     RunOptions(device="cpu", progress=False, compute=spec.get("compute", "auto")), calibration=ids)
-    else:
-        from camelid.quant import QuantParams, RunOptions, quantize
+        from camelid.quant.methods import AWQ, method_for
 
         params = QuantParams(bits=spec["bits"], group_size=spec["group_size"], act_order=spec["act_order"],
                              damp=0.01, method=spec["tool"])
-        quantize(spec["model"], spec["out"], params, calibration=ids,
-                 options=RunOptions(batch_size=spec["batch"], device="cpu", progress=False))
+        method = AWQ(params, AWQSettings(**spec.get("awq", {}))) if spec["tool"] == "awq" else method_for(params)
+        quantize_with(spec["model"], spec["out"], method, calibration=ids,
+                      options=RunOptions(batch_size=spec["batch"], device="cpu", progress=False,
+                                         compute=spec.get("compute", "auto")))
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     print("RESULT " + json.dumps({"quant_s": seconds, "peak_rss_mb": peak}), flush=True)
@@ -181,7 +178,10 @@ def main() -> int:
     torch.set_num_threads(THREADS)
     seq = 256
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-quant-"))
-    results: dict = {"machine": f"{os.cpu_count()} CPUs, torch threads {THREADS}", "seq_len": seq,
+    from camelid.runtime.cpu_features import cpu_features
+
+    results: dict = {"machine": f"{os.cpu_count()} CPUs, torch threads {THREADS}", "cpu": cpu_features().summary(),
+                     "seq_len": seq,
                      "calibration": f"{args.nsamples} x {seq} tokens, wikitext-2-v1 valid, seed 0", "rows": []}
     try:
         tok = load_tokenizer(CAMEL)

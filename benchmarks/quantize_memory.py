@@ -114,6 +114,9 @@ def main() -> int:
                "wall_s": wall}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from camelid.runtime.cpu_features import cpu_features
+
+    res["cpu"] = cpu_features().summary()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -90,6 +90,8 @@ def files_of(*folders: Path) -> list[Path]:
 
 
 def main() -> int:
+    from camelid.runtime.cpu_features import cpu_features
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5632)
@@ -164,7 +166,8 @@ def main() -> int:
             "recover_over_cp": best_rec / best_cp, "recover_over_cp_sync": best_rec / best_cp_sync,
             "targets": {"peak_rss_below_25pct": peak / model_bytes < 0.25,
                         "wall_within_2x_copy": best_rec / best_cp <= 2.0},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "machine": {"cpus": os.cpu_count(), "cpu": cpu_features().summary(), "python": platform.python_version(),
+                        "torch": torch.__version__,
                         "note": "shared 2-core machine; other agents were using the CPU during the run"},
         }
         rows = [

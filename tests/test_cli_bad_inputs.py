@@ -99,6 +99,8 @@ CASES = [
     (["quantize", M, OUT, "--damp", "1"], "--damp"),
     (["quantize", M, OUT, "--max-shard-size", "infGB"], "--max-shard-size"),
     (["quantize", M, OUT, "--bits", "5"], "--bits"),
+    (["quantize", M, OUT, "--method", "awq", "--bits", "3"], "AutoAWQ GEMM format, which is 4-bit"),
+    (["quantize", M, OUT, "--method", "awq", "--act-order"], "--act-order is a GPTQ option"),
     (["quantize", "{root}/nan", OUT, "--group-size", "32", "--method", "rtn"],
      "model.layers.0.self_attn.q_proj.weight has 1 NaN"),
     (["quantize", "{root}/nan", OUT, "--group-size", "32", *Q], "model.layers.0.self_attn.q_proj.weight has 1 NaN"),

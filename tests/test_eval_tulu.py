@@ -364,6 +364,37 @@ def test_generation_tasks_record_outputs(shared_data, stories_backend, tmp_path)
     assert res["metrics"]["n"] == 2
 
 
+def test_generation_from_a_shared_prefix_equals_full_prefill(shared_data, stories_backend):
+    # GSM8K 1-shot (stories260K holds 512 positions): every prompt starts with the chat header and the exemplar.
+    import torch
+
+    from camelid.eval import LocalBackend
+    from camelid.eval.backends import _generate_local, prompt_ids
+    from camelid.eval.prefix import prefill_after
+    from camelid.runtime.batch import prefill
+
+    model, tok = stories_backend.model, stories_backend.tokenizer
+    settings = EvalSettings("gsm8k", shots=1, limit=8, max_new_tokens=24)
+    items, _ = gsm8k.load_items(shared_data / "eval" / "gsm8k", settings, tok)
+    prompts = [it["prompt"] for it in items]
+    gen = gsm8k.generation(settings)
+    backend = LocalBackend(model, tok)
+    first = backend.generate(prompts[:5], gen, [42] * 5)
+    prefix = backend._prefix
+    second = backend.generate(prompts[5:], gen, [42] * 3)
+    assert backend._prefix is prefix and len(prefix.ids) > 150  # computed once, reused by the next chunk
+    ids = [prompt_ids(tok, p) for p in prompts]
+    full = (_generate_local(model, tok, ids[:5], gen, 42, backend.eos)
+            + _generate_local(model, tok, ids[5:], gen, 42, backend.eos))
+    assert first + second == full and all(full)
+    # The batch it hands the generator is batch.prefill's: same logits, positions and real-token count.
+    batch, logits = prefill_after(model, ids[:3], prefix)
+    ref_batch, ref_logits = prefill(model, ids[:3])
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    assert batch.positions.tolist() == ref_batch.positions.tolist() == [len(x) for x in ids[:3]]
+    assert batch.mask.sum(1).tolist() == ref_batch.mask.sum(1).tolist() and batch.width == ref_batch.width
+
+
 def test_missing_data_errors_name_the_file(tmp_path, llama_tok):
     with pytest.raises(CamelidError, match=r"test\.jsonl.*GSM8K test\.jsonl"):
         gsm8k.load_items(tmp_path, EvalSettings("gsm8k"), llama_tok)

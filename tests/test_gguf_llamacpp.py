@@ -96,6 +96,21 @@ def test_k_quant_tensors_come_from_llama_cpp(tmp_path):
     assert kl.mean() < 0.05  # a random init model is nearly uniform: tiny KL, unless the file is wrong
 
 
+def test_k_quants_in_small_slabs_write_the_same_bytes(tmp_path, monkeypatch):
+    import camelid.export.gguf as export
+
+    model = write_tiny_llama(tmp_path / "m", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                             num_key_value_heads=2)
+    files = {}
+    # 4 KiB: a few rows per slab (each F16 row of 256 values needs 512 + 1024 f32 bytes + its Q4_K/Q6_K row);
+    # 0: llama.cpp's default (8 GiB: every tensor in one slab).
+    for slab in (4096, 0):
+        monkeypatch.setattr(export, "QUANT_SLAB_BYTES", slab)
+        (path,) = export_gguf(model, tmp_path / f"out{slab}", GGUFExport(types=("q4_k_m",), threads=1))
+        files[slab] = path.read_bytes()
+    assert files[4096] == files[0]
+
+
 def test_eval_cli_measures_a_gguf_against_its_source(stories_ggufs, tmp_path, capsys):
     from camelid.cli import main
 
@@ -136,15 +151,8 @@ def test_camel45m_f16_greedy_and_tulu_ids(shared_data, tmp_path_factory):
     src = shared_data / "models" / "camel45m"
     root = tmp_path_factory.mktemp("camel45m")
     (path,) = export_gguf(src, root / "gguf", GGUFExport(types=("f16",), chat_template="tulu"))
-    # camelid's SentencePiece tokenizer of the LLaMA-2 tokenizer.model (what camelid.load uses for a LLaMA
-    # folder without tokenizer.json). camel45m also ships a tokenizer.json, whose Transformers-5 fast
-    # tokenizer (legacy=False) writes no "▁" after a literal "<s>" and merges runs of spaces ("▁▁"):
-    # llama.cpp, like Meta's and open-instruct's SentencePiece tokenization, does neither.
-    sp_dir = root / "sentencepiece"
-    sp_dir.mkdir()
-    for name in ("tokenizer.model", "tokenizer_config.json", "config.json"):
-        (sp_dir / name).write_bytes((src / name).read_bytes())
-    ids = _tulu_ids_agree(sp_dir, path, CONVERSATION)
+    # camel45m ships tokenizer.json too; camelid tokenizes it with SentencePiece all the same (camelid.tokenizer).
+    ids = _tulu_ids_agree(src, path, CONVERSATION)
     assert ids[:1] == [1] and 13 in ids  # BOS, and "\n" as its byte piece <0x0A>
     model, tok = camelid.load(src, device="cpu", dtype="float32")
     lm, _ = load_gguf(path, n_ctx=256, threads=1)

@@ -32,15 +32,17 @@ def test_load_errors_are_clear(tmp_path):
         camelid.load(STORIES, dtype="float13")
 
 
-def test_folder_with_tokenizer_json_keeps_its_fast_tokenizer(tmp_path):
+def test_folder_with_tokenizer_json_keeps_sentencepiece(tmp_path):
     import shutil
 
     from camelid.tokenizer import LlamaSentencePieceTokenizer, load_tokenizer
 
     shutil.copytree(STORIES, tmp_path / "m")
-    assert isinstance(load_tokenizer(tmp_path / "m"), LlamaSentencePieceTokenizer)
+    text = "Once  upon a time.</s>\nThe end"
+    want = load_tokenizer(tmp_path / "m")(text)["input_ids"]
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "m")  # writes tokenizer.json
     assert (tmp_path / "m" / "tokenizer.json").exists()
-    assert not isinstance(load_tokenizer(tmp_path / "m"), LlamaSentencePieceTokenizer)
+    tok = load_tokenizer(tmp_path / "m")
+    assert isinstance(tok, LlamaSentencePieceTokenizer) and tok(text)["input_ids"] == want

@@ -34,12 +34,13 @@ def test_gptq_linear_matches_dequantized_reference(bits, group_size, act_order, 
                 for dtype in (torch.float32, torch.bfloat16):
                     if kernel == "int4" and dtype == torch.float32:
                         continue  # int4 computes in bf16 whatever the model dtype
-                    layer = GPTQLinear(w, kernel, CPU, dtype)
                     xd = x.to(dtype)
                     ref = xd.double() @ w_ref
-                    # q4x8 has two paths: the integer GEMV below CAMELID_Q4X8_DENSE_ROWS rows, a dense GEMM above.
+                    # q4x8 has two paths: the integer GEMV below CAMELID_Q4X8_DENSE_ROWS rows, a dense GEMM above
+                    # (read once, when the layer is built).
                     for dense_rows in ("1000", "1") if kernel == "q4x8" else ("1000",):
                         monkeypatch.setenv(K.DENSE_ROWS_ENV, dense_rows)
+                        layer = GPTQLinear(w, kernel, CPU, dtype)
                         y = layer(xd)
                         assert y.dtype == dtype and y.shape == (5, N_OUT)
                         exact = kernel == "dense" or dense_rows == "1"

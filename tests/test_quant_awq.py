@@ -1,5 +1,6 @@
 """AWQ's pieces on a tiny random Llama layer: scales fuse exactly, the searches never do worse than
-their no-op candidate, and the whole fit beats round-to-nearest on the same grid."""
+their no-op candidate, and the whole fit beats round-to-nearest on the same grid; AWQ as a method of
+the layer loop: it resumes after a kill, checks its settings and input, and spills."""
 
 import torch
 from helpers import tiny_llama_config
@@ -104,4 +105,71 @@ def test_cli_method_awq_writes_an_awq_checkpoint_camelid_runs(tmp_path):
     assert cfg["quantization_config"]["quant_method"] == "awq" and cfg["torch_dtype"] == "float16"
     model, _ = camelid.load(tmp_path / "q")
     assert describe_kernels(model)["kernels"] == {"int4": 14}
-    assert (tmp_path / "q" / "quant_log.csv").read_text().count("\n") == 1 + 2 * 8  # 3 groups + 5 clips per layer
+    assert (tmp_path / "q" / "quant_log.csv").read_text().count("\n") == 1 + 2 * 7  # one row per Linear
+
+
+IDS = torch.randint(3, 512, (4, 64), generator=torch.Generator().manual_seed(0))
+
+def _awq(base, out, **options):
+    from camelid.quant import QuantParams, RunOptions, quantize
+
+    return quantize(base, out, QuantParams(group_size=32, method="awq"), calibration=IDS,
+                    options=RunOptions(device="cpu", progress=False, **options))
+
+
+def test_killed_awq_run_resumes_to_the_same_checkpoint(tmp_path, monkeypatch):
+    import pytest
+    from helpers import crash_after_layer, write_tiny_llama
+    from safetensors.torch import load_file
+
+    from camelid.quant import loop
+
+    base = write_tiny_llama(tmp_path / "base", num_hidden_layers=3)
+    ref = _awq(base, tmp_path / "ref")
+    real_save = loop.save_progress
+    monkeypatch.setattr(loop, "save_progress", crash_after_layer(1))
+    with pytest.raises(KeyboardInterrupt):
+        _awq(base, tmp_path / "q")
+    assert not (tmp_path / "q").exists() and (tmp_path / "q.partial").is_dir()
+    monkeypatch.setattr(loop, "save_progress", real_save)
+    loaded = []
+    real_load = loop.load_layer
+    monkeypatch.setattr(loop, "load_layer", lambda ckpt, cfg, i, *a: loaded.append(i) or real_load(ckpt, cfg, i, *a))
+    out = _awq(base, tmp_path / "q", spill=True)  # spilling the activations changes nothing either
+    assert loaded == [2]  # continued after the last finished layer, which is read once
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert (ref / "config.json").read_bytes() == (out / "config.json").read_bytes()
+
+
+def test_awq_settings_quantizer_name_and_non_finite_weights(tmp_path):
+    import json
+
+    import pytest
+    from helpers import write_tiny_llama
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from camelid.errors import CamelidError, CheckpointError
+    from camelid.formats.gptq.config import QUANTIZER
+    from camelid.quant import QuantParams
+
+    for bad, match in (({"bits": 3}, "4-bit"), ({"group_size": -1}, "positive"), ({"act_order": True}, "act-order"),
+                       ({"lm_head": True}, "lm-head")):
+        with pytest.raises(CamelidError, match=match):
+            QuantParams(method="awq", **bad)
+    base = write_tiny_llama(tmp_path / "base")
+    with pytest.raises(CamelidError, match="quantizes none"):  # 128 and 256 inputs: no group of 96 divides both
+        from camelid.quant import RunOptions, quantize
+
+        quantize(base, tmp_path / "none", QuantParams(group_size=96, method="awq"), calibration=IDS,
+                 options=RunOptions(device="cpu", progress=False))
+    out = _awq(base, tmp_path / "q")
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt", "quantizer": QUANTIZER}
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["group_size"] == 32
+    weights = load_file(base / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="up_proj.weight has 1 NaN"):
+        _awq(base, tmp_path / "nan")

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
     (QuantParams, {"damp": -0.01}, "--damp"),
     (QuantParams, {"damp": float("nan")}, "--damp"),
     (QuantParams, {"damp": float("inf")}, "--damp"),
-    (QuantParams, {"method": "awq"}, "--method"),
+    (QuantParams, {"method": "hqq"}, "--method"),
     (QuantParams, {"act_order": 1}, "--act-order"),
     (CalibSpec, {"nsamples": 0}, "--nsamples"),
     (CalibSpec, {"seq_len": -1}, "--seq-len"),

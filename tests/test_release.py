@@ -172,7 +172,7 @@ def test_duplicate_branch_and_impossible_group(tmp_path):
         resolve_rows(read_matrix(path), 512)
     path.write_text("rows:\n  - {branch: main, bits: 4, group_size: 128}\n")
     cfg = json.loads((STORIES / "config.json").read_text())
-    with pytest.raises(CamelidError, match="'main': group size 128 at 4 bits packs none"):
+    with pytest.raises(CamelidError, match="'main': --group-size 128 quantizes none of the Linears"):
         plan_release(cfg, resolve_rows(read_matrix(path), 512))
 
 

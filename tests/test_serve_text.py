@@ -41,3 +41,16 @@ def test_stop_matcher_earliest_stop_eos_and_flush():
     m = StopMatcher(Stops.of(strings=["###", ""]))  # an empty stop string never matches
     assert m.push(1, "y ##") == "y " and m.flush() == "##" and m.reason is None
     assert cut_at_stop("one. two. three", [".", " t"]) == "one" and cut_at_stop("abc", ["", "z"]) == "abc"
+
+
+def test_stop_matcher_decide_ends_where_push_does():
+    """The server only asks whether a token ends the sequence: `decide` must end it on the same token as `push`."""
+    stops = Stops.of(eos_ids={9}, strings=["<|user|>", "\n\n"])
+    for pieces in (["Hi <|", "us", "er|> x"], ["a\n", "\nb"], ["<|use", "d it", "\n"], ["x", "y"]):
+        for ids in ([1] * len(pieces), [1] * (len(pieces) - 1) + [9]):
+            pushed, decided = StopMatcher(stops), StopMatcher(stops)
+            for i, piece in zip(ids, pieces, strict=True):
+                pushed.push(i, piece)
+                decided.decide(i, piece)
+                assert decided.reason == pushed.reason, (pieces, ids)
+            assert decided.sent == 0  # nothing released: the server streams the pieces itself

@@ -128,7 +128,7 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_make_diff)
 
 
-# --- quantize: GPTQ and RTN into the GPTQ (v1) format -------------------------------------------------------
+# --- quantize: GPTQ and RTN into the GPTQ (v1) format, AWQ into AutoAWQ GEMM ---------------------------------
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -138,25 +138,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       seq_len=args.seq_len, seed=args.seed, template=args.template)
     options = RunOptions(device=args.device, compute=args.compute_dtype, spill=args.spill, overwrite=args.overwrite,
                          revision=args.revision, max_shard_size=args.max_shard_size)
-    if args.method == "awq":  # MINIMAL PATH: AWQ's own loop (camelid.quant.awq_run), not yet a layer-loop method
-        from camelid.quant.awq import AWQSettings
-        from camelid.quant.awq_run import quantize_awq
-
-        out = quantize_awq(args.model, args.out, AWQSettings(bits=args.bits, group_size=args.group_size), calib,
-                           options)
-    else:
-        params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
-                             sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
-                             mse=args.mse, lm_head=args.lm_head, method=args.method)
-        out = quantize(args.model, args.out, params, calib, options)
+    params = QuantParams(bits=args.bits, group_size=args.group_size, act_order=args.act_order, damp=args.damp,
+                         sym=args.sym, true_sequential=args.true_sequential, static_groups=args.static_groups,
+                         mse=args.mse, lm_head=args.lm_head, method=args.method)
+    out = quantize(args.model, args.out, params, calib, options)
     print(f"wrote {out}")
     return 0
 
 
 def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="GPTQ/RTN-quantize a Llama model into the AutoGPTQ (v1) format",
-                       description="Quantize MODEL layer by layer into OUT (GPTQ v1 checkpoint). "
-                                   "An interrupted run resumes from the last finished layer.")
+    p = sub.add_parser("quantize", help="GPTQ/RTN/AWQ-quantize a Llama model (AutoGPTQ v1 or AutoAWQ GEMM format)",
+                       description="Quantize MODEL layer by layer into OUT (GPTQ v1 checkpoint; AutoAWQ GEMM with "
+                                   "--method awq). An interrupted run resumes from the last finished layer.")
     p.add_argument("model", help="model folder or Hub repo id")
     p.add_argument("out", help="output folder")
     p.add_argument("--revision", default=None, help="Hub branch/tag/commit of MODEL")
@@ -183,7 +176,7 @@ def _add_quant_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=T.non_negative_int, default=0)
     p.add_argument("--method", default="gptq", choices=("gptq", "rtn", "awq"),
                    help="awq: 4-bit, AutoAWQ GEMM checkpoint (AutoAWQ's scale and clip search; "
-                        "--bits/--group-size and the calibration options apply)")
+                        "--bits/--group-size and the calibration options apply, the GPTQ knobs do not)")
     p.add_argument("--spill", action="store_true", help="keep calibration activations on disk, not in RAM")
     p.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype of the calibration forward passes (auto: bf16 where the hardware has bf16 "
@@ -552,20 +545,34 @@ def _cmd_release(args: argparse.Namespace) -> int:
 
     from camelid.checkpoint import resolve_model_dir
     from camelid.quant import RunOptions
-    from camelid.release import (
-        CardInfo,
-        EvalSpec,
-        build_release,
-        load_matrix,
-        plan_json,
-        plan_release,
-        resolve_rows,
-    )
+    from camelid.release import CardInfo, EvalSpec, load_matrix, plan_json, plan_release, resolve_rows
+    from camelid.release.performance import SuiteSpec
+    from camelid.release.repos import ReleaseRun, build_repositories, plan_siblings
+    from camelid.release.siblings import ReleaseFormats
 
     config = json.loads((resolve_model_dir(args.src, args.revision) / "config.json").read_text())
     rows = resolve_rows(load_matrix(args.matrix), config.get("max_position_embeddings"), only=args.only,
                         seq_len=args.seq_len, nsamples=args.nsamples, dataset=args.dataset,
                         dataset_path=args.dataset_path)
+    spec = ReleaseFormats(formats=tuple(args.formats.split(",")), gguf_types=tuple(args.gguf_types.split(",")))
+    card = CardInfo(name=args.name or Path(args.src).name, creator=args.creator, original_repo=args.original_repo,
+                    license=args.license, template=args.template, repo_id=args.repo_id or args.push,
+                    quantized_by=args.quantized_by)
+    if args.plan and not spec.single:
+        out = Path(args.out or ".")
+        table = plan_siblings(args.src, out, rows, card, spec, RunOptions(max_shard_size=args.max_shard_size))
+        if args.json:
+            _print_json(table)
+            return 0
+        for sib in table:
+            print(f"{sib['repo']}  ({sib['format']}, folder {sib['folder']})")
+            for entry in sib.get("branches", []):
+                print(f"  {entry['branch']:34s} {entry['size_bytes']:15,d} B {entry['size_bytes'] / 1e9:6.2f} GB")
+            for f in sib.get("files", []):
+                size = f["planned_size_bytes"]
+                print(f"  {f['file']:34s} " + (f"{size:15,d} B {size / 1e9:6.2f} GB" if size is not None
+                                                else "    (llama.cpp's mix: size known once written)"))
+        return 0
     plans = plan_release(config, rows, args.max_shard_size)
     if args.plan:
         table = plan_json(plans)
@@ -582,25 +589,39 @@ def _cmd_release(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise CamelidError("OUT is required unless --plan")
-    card = CardInfo(name=args.name or Path(args.src).name, creator=args.creator, original_repo=args.original_repo,
-                    license=args.license, template=args.template, repo_id=args.repo_id or args.push,
-                    quantized_by=args.quantized_by)
     options = RunOptions(device=args.device, revision=args.revision, max_shard_size=args.max_shard_size,
                          progress=not args.quiet)
-    evaluation = EvalSpec(data=args.eval_data, seq_len=args.eval_seq_len, windows=args.eval_windows)
-    record = build_release(args.src, args.out, rows, card, options, evaluation, args.executor, args.ray_address)
-    for b in record["branches"].values():
-        m = b["measured"]
-        print(f"{b['branch']:34s} {b['size_bytes']:>13,d} B  KL {m['kld_mean']:.4f}  top-1 "
-              f"{m['top1_agreement_pct']:5.1f}%  ppl {m['ppl']:.3f}  {'built' if b['built'] else 'kept'}")
-    first = next(iter(record["branches"]))
-    print(f"card: {Path(args.out) / first / 'README.md'}")
-    if args.push:
-        from camelid.release.push import push_release
+    run = ReleaseRun(options, EvalSpec(data=args.eval_data, seq_len=args.eval_seq_len, windows=args.eval_windows),
+                     args.executor, args.ray_address)
+    suite = SuiteSpec(data=args.suite_data, limit=args.suite_limit, attach=tuple(args.performance or ()))
+    records = build_repositories(args.src, args.out, rows, card, spec, run, suite)
+    for fmt, record in records.items():
+        for name, entry in _measured_rows(fmt, record):
+            m = entry["measured"]
+            print(f"{fmt:5s} {name:34s} {entry['size_bytes']:>13,d} B  KL {m['kld_mean']:.4f}  top-1 "
+                  f"{m['top1_agreement_pct']:5.1f}%  ppl {m['ppl']:.3f}  {'built' if entry.get('built', record.get('built')) else 'kept'}")
+    if spec.single:
+        print(f"card: {Path(args.out) / next(iter(records['gptq']['branches'])) / 'README.md'}")
+    else:
+        from camelid.release.siblings import siblings
 
-        pushed = push_release(args.out, args.push, private=args.private)
+        for sib in siblings(Path(args.out), spec, card.repo_id, Path(args.src).name):
+            print(f"card: {sib.folder / ('main' if sib.format == 'gptq' else '') / 'README.md'}")
+    if args.push:
+        from camelid.release.push import push_release, push_repositories
+
+        pushed = push_release(args.out, args.push, private=args.private) if spec.single else push_repositories(
+            args.out, private=args.private)
         print(json.dumps(pushed))
     return 0
+
+
+def _measured_rows(fmt: str, record: dict) -> list[tuple[str, dict]]:
+    if fmt == "gptq":
+        return list(record["branches"].items())
+    if fmt == "gguf":
+        return [(f["file"], f) for f in record["files"]]
+    return [("main", record)]
 
 
 def _add_release_commands(sub: argparse._SubParsersAction) -> None:
@@ -610,6 +631,12 @@ def _add_release_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", default=None, help="Hub branch/tag/commit of SRC")
     p.add_argument("--matrix", default="llama", help="llama (default), code, or a TOML/YAML matrix file")
     p.add_argument("--only", nargs="+", metavar="BRANCH", help="build only these branches of the matrix")
+    p.add_argument("--formats", default="gptq",
+                   help="repositories to build, comma-separated: gptq (default), awq, gguf, fp16; with more than "
+                        "gptq, OUT holds one folder per repository (<Name>-GPTQ, <Name>-AWQ, <Name>-GGUF, <Name>)")
+    p.add_argument("--gguf-types", default="q4_k_m,q8_0",
+                   help="GGUF files of the gguf repository (default q4_k_m,q8_0; needs llama-cpp-python: "
+                        "camelid[gguf])")
     p.add_argument("--plan", action="store_true", help="print each branch's settings and exact size; build nothing")
     p.add_argument("--json", action="store_true", help="with --plan: JSON, one object per branch")
     p.add_argument("--name", help="model name for the card (default: SRC's folder name)")
@@ -625,6 +652,12 @@ def _add_release_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", help="held-out text to measure on (default: calibration text no window used)")
     p.add_argument("--eval-seq-len", type=int, help="measurement window (default: the rows' shortest seq len)")
     p.add_argument("--eval-windows", type=int, default=16, help="measurement windows (default 16)")
+    p.add_argument("--suite-data", metavar="DIR",
+                   help="eval data root (mmlu/ gsm8k/ bbh/ ...): run `camelid eval suite` on the source and each "
+                        "variant and put the Performance table on the cards (resumable, under OUT/.camelid/eval)")
+    p.add_argument("--suite-limit", type=T.positive_int, help="with --suite-data: examples per subject/task (smoke runs)")
+    p.add_argument("--performance", nargs="+", metavar="[LABEL=]RESULTS.json",
+                   help="attach rows from earlier `camelid eval suite --json` results to the Performance table")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--executor", default="local", choices=("local", "ray"))

@@ -6,10 +6,12 @@ next-token log-probabilities of a few candidate tokens, for MMLU). Both backends
 tokenizer and the same rule (the tokenizer's special tokens, i.e. one BOS for LLaMA), so a task's prompts,
 extraction and scores are the same either way.
 
-- `LocalBackend`: `camelid.load`'s model. Scoring shares prefix KV caches (`camelid.eval.prefix`);
-  generation goes through `_generate_local`, the one place that calls the runtime's batch generation.
+- `LocalBackend`: `camelid.load`'s model. Scoring and generation share prefix KV caches
+  (`camelid.eval.prefix`); generation goes through `_generate_local`, the one place that calls the
+  runtime's batch generation.
 - `RemoteBackend`: TGI `/generate` (also `camelid serve`) or OpenAI-compatible `/v1/completions` (vLLM,
-  `camelid serve`). MMLU there reads the server's top-n next-token logprobs.
+  `camelid serve`). MMLU there reads the server's top-5 next-token logprobs, and the prompt logprobs of
+  prompt + candidate where no candidate is among them (`candidate_logprobs`).
 """
 
 from __future__ import annotations
@@ -62,27 +64,36 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 # Prompts per call of the runtime's batch generation (each row holds its own KV cache).
 GENERATION_BATCH = 8
+# Shorter common prefixes are not worth a forward of their own (a chat header, a BOS): they run with the prompt.
+MIN_SHARED_PREFIX = 32
 
 
 def _generate_local(model, tokenizer, prompts: list[list[int]], gen: GenerationSettings, seed: int,
-                    eos: frozenset[int]) -> list[str]:
+                    eos: frozenset[int], prefix=None) -> list[str]:
     """Completions of token-id prompts that share one seed, by the runtime's batch generation
     (`camelid.runtime.generate.generate`: the sampler and stop matcher `camelid serve` uses), each cut
     before its first stop string and keeping its first token's leading space, as open-instruct's
-    `decode(prompt + output)[len(decode(prompt)):]` does."""
+    `decode(prompt + output)[len(decode(prompt)):]` does. With `prefix` (a `camelid.eval.prefix.SharedPrefix`
+    every prompt starts with) each batch's prefill runs only the prompts' suffixes."""
+    from functools import partial
+
+    from camelid.eval.prefix import prefill_after
+    from camelid.runtime.batch import prefill as full_prefill
     from camelid.runtime.generate import generate
     from camelid.runtime.sampling import SamplingParams
     from camelid.runtime.stops import Stops
 
     params = SamplingParams(temperature=gen.temperature, top_p=gen.top_p if gen.temperature > 0 else 1.0, seed=seed)
     stops = Stops.of(eos, gen.stop)
+    prefill = full_prefill if prefix is None else partial(prefill_after, prefix=prefix)
     # Batches of similar lengths pad little. (Padding changes matmul shapes, so a row's floats, and rarely a
     # greedy tie, can depend on its batch: a resumed run may batch differently.)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     for start in range(0, len(order), GENERATION_BATCH):
         rows = order[start:start + GENERATION_BATCH]
-        done = generate(model, tokenizer, [prompts[i] for i in rows], params, stops, gen.max_new_tokens)
+        done = generate(model, tokenizer, [prompts[i] for i in rows], params, stops, gen.max_new_tokens,
+                        prefill=prefill)
         for i, c in zip(rows, done, strict=True):
             out[i] = c.text
     return out
@@ -95,6 +106,7 @@ class LocalBackend:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.eos = eos_token_ids(model, tokenizer)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)
+        self._prefix = None  # the last shared prefix: a task's chunks (GSM8K, one BBH task) all start with it
 
     def describe(self) -> dict:
         p = next(self.model.parameters())
@@ -111,10 +123,24 @@ class LocalBackend:
             if self.context_limit is None or len(row) < self.context_limit:
                 by_seed.setdefault(seed, []).append(i)
         for seed, rows in by_seed.items():
-            texts = _generate_local(self.model, self.tokenizer, [ids[i] for i in rows], gen, seed, self.eos)
+            group = [ids[i] for i in rows]
+            texts = _generate_local(self.model, self.tokenizer, group, gen, seed, self.eos, self._prefix_of(group))
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out
+
+    def _prefix_of(self, id_lists: list[list[int]]):
+        """The KV cache of the prompts' common prefix (kept for the next call if it starts the same way), or
+        None when that prefix is short."""
+        from camelid.eval.prefix import common_prefix_length, shared_prefix
+
+        if self._prefix is not None and self._prefix.starts(id_lists):
+            return self._prefix
+        shared = min(common_prefix_length(id_lists), min(len(ids) for ids in id_lists) - 1)
+        if len(id_lists) < 2 or shared < MIN_SHARED_PREFIX:  # one prompt alone shares nothing
+            return None
+        self._prefix = shared_prefix(self.model, id_lists[0][:shared])
+        return self._prefix
 
     def candidate_logprobs(self, prompts, candidates):
         from camelid.eval.prefix import next_token_logprobs
@@ -197,41 +223,71 @@ class RemoteBackend:
             else:
                 body = {"prompt": prompt, "max_tokens": max_new, "temperature": gen.temperature,
                         "top_p": gen.top_p if gen.temperature > 0 else None, "stop": stop or None, "seed": seed}
-                if self.model:
-                    body["model"] = self.model
-                text = self._post("/completions", {k: v for k, v in body.items() if v is not None})["choices"][0]["text"]
+                text = self._completion({k: v for k, v in body.items() if v is not None})[0]["text"]
             return cut_at_stop(text, gen.stop)
 
         return self._map(one, list(zip(prompts, seeds, strict=True)))
 
     def candidate_logprobs(self, prompts, candidates):
         """Exact argmax from the top-n list: a candidate absent from it is below every listed token. If no
-        candidate is listed (TGI), each candidate's logprob is read from the prefill of prompt + candidate."""
+        candidate is listed (a small model), each candidate's logprob is read from the prompt logprobs of
+        prompt + candidate (TGI `decoder_input_details`; OpenAI `echo` with `logprobs`, as lm-evaluation-harness
+        scores loglikelihoods through completions endpoints)."""
         def one(prompt: str) -> list[float | None]:
-            if self.api == "tgi":
-                params = {"max_new_tokens": 1, "do_sample": False, "details": True, "top_n_tokens": 5}
-                details = self._post("/generate", {"inputs": prompt, "parameters": params})["details"]
-                top = {t["id"]: t["logprob"] for t in details["top_tokens"][0]}
-                row = [top.get(c.token_id) for c in candidates]
-                if all(v is None for v in row):
-                    row = [self._prefill_logprob(prompt, c) for c in candidates]
-                return row
-            body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5}
-            if self.model:
-                body["model"] = self.model
-            try:
-                choice = self._post("/completions", body)["choices"][0]
-                top = choice["logprobs"]["top_logprobs"][0]
-            except (KeyError, TypeError, IndexError, CamelidError) as e:
-                raise CamelidError(f"{self.url}/completions returned no token logprobs ({e}); score MMLU "
-                                   "through the server's TGI route instead (--api tgi)") from None
-            return [top.get(c.text) for c in candidates]
+            row = self._top_logprobs(prompt, candidates)
+            if all(v is None for v in row):
+                row = [self._prompt_end_logprob(prompt, c) for c in candidates]
+            return row
 
         return self._map(one, list(prompts))
 
-    def _prefill_logprob(self, prompt: str, cand: Candidate) -> float:
-        params = {"max_new_tokens": 1, "do_sample": False, "details": True, "decoder_input_details": True}
-        prefill = self._post("/generate", {"inputs": prompt + cand.text, "parameters": params})["details"]["prefill"]
-        if prefill[-1]["id"] != cand.token_id:
-            raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id} on the server")
-        return prefill[-1]["logprob"]
+    def _top_logprobs(self, prompt: str, candidates: Sequence[Candidate]) -> list[float | None]:
+        if self.api == "tgi":
+            params = {"max_new_tokens": 1, "do_sample": False, "details": True, "top_n_tokens": 5}
+            details = self._post("/generate", {"inputs": prompt, "parameters": params})["details"]
+            top = {t["id"]: t["logprob"] for t in details["top_tokens"][0]}
+            return [top.get(c.token_id) for c in candidates]
+        choice = self._completion({"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5})[0]
+        try:
+            top = choice["logprobs"]["top_logprobs"][0]
+        except (KeyError, TypeError, IndexError):
+            raise CamelidError(f"{self.url}/completions returned no token logprobs; score MMLU through the "
+                               "server's TGI route instead (--api tgi)") from None
+        # The key is the token's text after the prompt (" A", vLLM and camelid) or its vocabulary piece
+        # ("▁A", early vLLM's convert_ids_to_tokens).
+        pieces = self.tokenizer.convert_ids_to_tokens([c.token_id for c in candidates])
+        return [top.get(c.text, top.get(piece)) for c, piece in zip(candidates, pieces, strict=True)]
+
+    def _completion(self, body: dict) -> tuple[dict, dict]:
+        """(first choice, usage) of a /v1/completions call."""
+        if self.model:
+            body = {**body, "model": self.model}
+        reply = self._post("/completions", body)
+        try:
+            return reply["choices"][0], reply.get("usage") or {}
+        except (KeyError, TypeError, IndexError):
+            raise CamelidError(f"{self.url}/completions: no choices in the reply") from None
+
+    def _prompt_end_logprob(self, prompt: str, cand: Candidate) -> float:
+        """The logprob of the last prompt token of prompt + candidate, which must be the candidate's token."""
+        ids = prompt_ids(self.tokenizer, prompt + cand.text)
+        if ids[-1] != cand.token_id:
+            raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id}")
+        if self.api == "tgi":
+            params = {"max_new_tokens": 1, "do_sample": False, "details": True, "decoder_input_details": True}
+            prefill = self._post("/generate", {"inputs": prompt + cand.text, "parameters": params})["details"]["prefill"]
+            if prefill[-1]["id"] != cand.token_id:
+                raise CamelidError(f"prompt + {cand.text!r} does not end in token {cand.token_id} on the server")
+            return prefill[-1]["logprob"]
+        body = {"prompt": prompt + cand.text, "max_tokens": 1, "temperature": 0, "logprobs": 0, "echo": True}
+        choice, usage = self._completion(body)
+        try:
+            logprobs = choice["logprobs"]["token_logprobs"]
+        except (KeyError, TypeError):
+            raise CamelidError(f"{self.url}/completions returned no prompt logprobs for echo; score MMLU "
+                               "through the server's TGI route instead (--api tgi)") from None
+        # The echoed prompt's tokens come first; the server must have tokenized it as we do.
+        if usage.get("prompt_tokens") != len(ids) or len(logprobs) <= len(ids) - 1:
+            raise CamelidError(f"{self.url}/completions tokenized prompt + {cand.text!r} into "
+                               f"{usage.get('prompt_tokens')} tokens, the eval's tokenizer into {len(ids)}")
+        return logprobs[len(ids) - 1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -58,11 +57,3 @@ def read_csv(path: Path, expected: str) -> list[list[str]]:
             return [row for row in csv.reader(f) if row]
     except (csv.Error, UnicodeDecodeError) as e:
         raise CamelidError(f"{path}: not CSV ({e}); expected {expected}") from None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -10,29 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from camelid.checkpoint.jsonio import write_json
 from camelid.errors import CamelidError
 
 # Bump when a prompt, extraction or metric changes: results with another version are not comparable.
 PROTOCOL_VERSION = "camelid-tulu-eval/1"
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class RecordStore:
@@ -51,7 +35,7 @@ class RecordStore:
                 raise CamelidError(f"{self.dir} holds records of a different run (differs in {diff}); "
                                    "use another --out or delete that folder")
         else:
-            write_json_atomic(info_path, run_info)
+            write_json(info_path, run_info)
         self.done: dict[str, dict] = {}
         if self.path.exists():
             good = 0

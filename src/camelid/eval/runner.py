@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from camelid.chat import resolve_template
+from camelid.checkpoint.jsonio import write_json
+from camelid.checkpoint.output import sha256_file
 from camelid.errors import CamelidError
-from camelid.eval.data import sha256
 from camelid.eval.prompting import is_chat, task_template
-from camelid.eval.records import PROTOCOL_VERSION, RecordStore, write_json_atomic
+from camelid.eval.records import PROTOCOL_VERSION, RecordStore
 from camelid.eval.settings import EvalSettings
 from camelid.eval.tasks import task_module
 
@@ -43,7 +44,7 @@ def run_eval(backend, data_dir: str | Path, settings: EvalSettings, out: str | P
         resolve_template(backend.tokenizer, template)
     items, files = task.load_items(data_dir, settings, backend.tokenizer, getattr(backend, "context_limit", None))
     name = task.setting(settings)
-    hashes = {str(f): sha256(f) for f in files}
+    hashes = {str(f): sha256_file(f) for f in files}
     run_info = {"protocol": PROTOCOL_VERSION, "setting": name, "template": template, "settings": settings.as_dict(),
                 "data_files": hashes, **{k: v for k, v in backend.describe().items() if k != "device"}}
     store = RecordStore(Path(out) / name, run_info) if out is not None else None
@@ -64,5 +65,5 @@ def run_eval(backend, data_dir: str | Path, settings: EvalSettings, out: str | P
     results = {**run_info, "metrics": task.summarize(ordered, settings), "examples": len(items),
                "resumed": len(items) - len(todo), "seconds": round(time.perf_counter() - start, 3)}
     if store:
-        write_json_atomic(store.dir / "results.json", results)
+        write_json(store.dir / "results.json", results)
     return results

@@ -89,16 +89,10 @@ def _token_text(entry) -> str | None:
     return entry.get("content") if isinstance(entry, dict) else entry
 
 
-def _adds_bos(model_dir: Path, tok_cfg: dict) -> bool:
-    """Whether the tokenizer camelid loads (camelid.tokenizer) puts BOS before a text: the config's
-    add_bos_token, else the fast tokenizer's post-processor, else the SentencePiece tokenizer's default (yes)."""
-    if isinstance(tok_cfg.get("add_bos_token"), bool):
-        return tok_cfg["add_bos_token"]
-    fast = _json(model_dir / "tokenizer.json")
-    if not fast:
-        return True
-    single = (fast.get("post_processor") or {}).get("single") or [{}]
-    return "SpecialToken" in single[0]
+def _adds_bos(tok_cfg: dict) -> bool:
+    """Whether the tokenizer camelid loads (camelid.tokenizer's SentencePiece one) puts BOS before a text: the
+    config's add_bos_token, else yes."""
+    return tok_cfg["add_bos_token"] if isinstance(tok_cfg.get("add_bos_token"), bool) else True
 
 
 def _chat_template(model_dir: Path, tok_cfg: dict, override: str | None) -> str | None:
@@ -148,7 +142,7 @@ def read_vocab(model_dir: Path, vocab_size: int, chat_template: str | None = Non
             token_id = model_cfg[f"{kind}_token_id"]  # as gguf-py's SpecialVocab falls back to config.json
         if token_id is not None:
             special_ids[kind] = token_id
-    return GGUFVocab(tokens, scores, types, special_ids, add_bos=_adds_bos(model_dir, tok_cfg),
+    return GGUFVocab(tokens, scores, types, special_ids, add_bos=_adds_bos(tok_cfg),
                      add_eos=bool(tok_cfg.get("add_eos_token", False)), add_space_prefix=add_space_prefix,
                      chat_template=_chat_template(model_dir, tok_cfg, chat_template))
 

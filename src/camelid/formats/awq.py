@@ -20,7 +20,6 @@ does the reader here, and falls back to quant_config.json, which AutoAWQ 0.1.x w
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from camelid.checkpoint.jsonio import write_json
 from camelid.errors import CheckpointError
 from camelid.formats.declared import find_quantization_config
+from camelid.formats.skipped import by_layer_suffix
 
 BITS = 4
 PACK = 32 // BITS  # values per int32
@@ -37,7 +37,6 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j is in nibble AWQ_REVERS
 # Versions whose checkpoint is the GEMM layout: Transformers' "exllama" and "ipex" are runtime backends
 # for GEMM checkpoints (`utils/quantization_config.py` AwqConfig). GEMV, gemv_fast and marlin are other layouts.
 GEMM_VERSIONS = ("gemm", "exllama", "ipex")
-LAYER = re.compile(r"^model\.layers\.\d+\.(.+)$")
 
 
 @dataclass(frozen=True)
@@ -165,16 +164,7 @@ def not_converted(skipped: list[str], layers: int, quantized: list[str]) -> tupl
     (`awq.py` `is_layer_skipped_awq`) and Transformers as prefixes or suffixes
     (`quantizers/quantizers_utils.py` `should_convert_module`), so an entry that also matches a
     `quantized` Linear as a substring (a name that is the start of another's) is refused rather than written."""
-    by_suffix: dict[str, list[str]] = {}
-    names: list[str] = []
-    for name in skipped:
-        m = LAYER.match(name)
-        if m:
-            by_suffix.setdefault(m.group(1), []).append(name)
-        else:
-            names.append(name)
-    for suffix, members in by_suffix.items():
-        names += [suffix] if len(members) == layers else members
+    names = [name for name, _ in by_layer_suffix(skipped, layers)]
     clash = [(n, q) for n in names for q in quantized if n in q]
     if clash:
         raise CheckpointError(f"cannot declare {clash[0][0]} unquantized: vLLM would also leave {clash[0][1]} "

@@ -1,4 +1,4 @@
-"""camelid.quant: GPTQ/RTN quantization of Llama checkpoints into the AutoGPTQ "gptq" (v1) format."""
+"""camelid.quant: GPTQ/RTN quantization of Llama checkpoints into the AutoGPTQ "gptq" (v1) format, AWQ into AutoAWQ GEMM."""
 
 from camelid._lazy import lazy_exports
 

@@ -174,26 +174,56 @@ def apply_clip(w: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch
 
 # ---- a Llama decoder layer ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ScaleSpec:
+    """One AutoAWQ scaling group of a Llama layer by module names: `prev` produces the input of
+    `linears`; `inspect` is the module whose output the scale search measures (`module2inspect`)."""
+
+    name: str
+    prev: str
+    linears: tuple[str, ...]
+    inspect: str
+
+
+# `awq/models/llama.py` `get_layers_for_scaling`, in its order (the order the scales are fused in)
+LLAMA_SCALING = (
+    ScaleSpec("qkv", "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+    ScaleSpec("o", "self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+    ScaleSpec("gate_up", "post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+    ScaleSpec("down", "mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+)
+
+
+def input_group(linear: str) -> str:
+    """The scaling group whose input `linear` reads."""
+    return next(spec.name for spec in LLAMA_SCALING if linear in spec.linears)
+
+
 @dataclass
 class ScaleGroup:
-    """One AutoAWQ scaling group: `prev` produces the input of `linears`; `block` is the loss target."""
+    """One AutoAWQ scaling group as live modules: `prev` produces the input of `linears`; `block` is
+    the loss target."""
 
     name: str
     prev: nn.Module  # RMSNorm (weight divided by s) or Linear (output rows divided by s)
     linears: list[nn.Linear]
     block: Callable[[torch.Tensor], torch.Tensor]
+    names: tuple[str, ...]  # of the linears, inside the layer
 
 
 def llama_groups(layer: nn.Module, pe) -> list[ScaleGroup]:
     """`awq/models/llama.py` `get_layers_for_scaling`: v -> o only when v_proj and o_proj have the same
     shape (not under GQA, llm-awq PR #67)."""
-    attn, mlp = layer.self_attn, layer.mlp
-    groups = [ScaleGroup("qkv", layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj],
-                         lambda x: attn(hidden_states=x, position_embeddings=pe, attention_mask=None)[0])]
-    if attn.v_proj.weight.shape == attn.o_proj.weight.shape:
-        groups.append(ScaleGroup("o", attn.v_proj, [attn.o_proj], attn.o_proj))
-    groups += [ScaleGroup("gate_up", layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], mlp),
-               ScaleGroup("down", mlp.up_proj, [mlp.down_proj], mlp.down_proj)]
+    attn = layer.self_attn
+    groups = []
+    for spec in LLAMA_SCALING:
+        if spec.name == "o" and attn.v_proj.weight.shape != attn.o_proj.weight.shape:
+            continue
+        inspect = layer.get_submodule(spec.inspect)
+        block = ((lambda x: attn(hidden_states=x, position_embeddings=pe, attention_mask=None)[0])
+                 if spec.inspect == "self_attn" else inspect)
+        groups.append(ScaleGroup(spec.name, layer.get_submodule(spec.prev),
+                                 [layer.get_submodule(nm) for nm in spec.linears], block, spec.linears))
     return groups
 
 
@@ -201,9 +231,8 @@ def group_inputs(layer: nn.Module, h: torch.Tensor, pe) -> tuple[dict[str, torch
     """The inputs of each group's Linears for layer input h [n, seq, hidden], and the layer's output,
     from one forward."""
     seen: dict[str, torch.Tensor] = {}
-    names = {"self_attn.q_proj": "qkv", "self_attn.o_proj": "o", "mlp.gate_proj": "gate_up", "mlp.down_proj": "down"}
-    handles = [layer.get_submodule(m).register_forward_pre_hook(
-        lambda _mod, args, key=key: seen.__setitem__(key, args[0].detach())) for m, key in names.items()]
+    handles = [layer.get_submodule(spec.linears[0]).register_forward_pre_hook(
+        lambda _mod, args, key=spec.name: seen.__setitem__(key, args[0].detach())) for spec in LLAMA_SCALING]
     try:
         with torch.no_grad():
             out = layer(h, attention_mask=None, position_embeddings=pe)
@@ -229,10 +258,9 @@ def apply_scale(group: ScaleGroup, scales: torch.Tensor) -> None:
         lin.weight.data *= sc
 
 
-# Linears whose clip is searched, by the group input they read: not q_proj and k_proj, whose outputs
-# meet in q.k^T, which a per-Linear error does not see (AutoAWQ skips them "due to qk bmm").
-CLIP_INPUTS = {"qkv": ("self_attn.v_proj",), "o": ("self_attn.o_proj",), "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
-               "down": ("mlp.down_proj",)}
+# Linears whose clip is searched: not q_proj and k_proj, whose outputs meet in q.k^T, which a
+# per-Linear error does not see (AutoAWQ skips them "due to qk bmm").
+CLIPPED = ("self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclass
@@ -245,15 +273,24 @@ class LayerFit:
 
 
 def fit_layer(layer: nn.Module, h: torch.Tensor, pe, s: AWQSettings) -> tuple[torch.Tensor, LayerFit]:
-    """Search the scales and clips of one decoder layer for input h, in AutoAWQ's order: the group
-    inputs and the layer output are taken from the unchanged layer, every scale is searched on the
-    original weights, all are applied (in place; the cached inputs divided by s), then the clip search
-    runs on the scaled inputs and weights. Returns the unchanged layer's output (the next layer's
-    input: AutoAWQ does not propagate quantization error) and the fit, which `apply_fit` puts into a
-    copy of the layer held at higher precision."""
+    """`fit_inputs` on the group inputs of layer input h. Returns the unchanged layer's output (the
+    next layer's input: AutoAWQ does not propagate quantization error) and the fit."""
     inputs, out = group_inputs(layer, h, pe)
-    groups = llama_groups(layer, pe)
-    found = [(g, *search_scale(inputs[g.name], g.linears, g.block, s)) for g in groups]
+    return out, fit_inputs(layer, inputs, pe, s)
+
+
+def fit_inputs(layer: nn.Module, inputs: dict[str, torch.Tensor], pe, s: AWQSettings,
+               quantized: set[str] | None = None) -> LayerFit:
+    """Search the scales and clips of one decoder layer, in AutoAWQ's order: every scale is searched
+    on the original weights, all are applied (in place; the cached `inputs`, by group name, divided by
+    s), then the clip search runs on the scaled inputs and weights. Only the `quantized` Linears (all
+    when None) are fake-quantized in the searches; a group with none of them, or without an input, is
+    left unscaled. The fit, which `fitted` applies to each weight held at higher precision."""
+    def searched(g: ScaleGroup) -> list[nn.Linear]:
+        return [lin for lin, nm in zip(g.linears, g.names, strict=True) if quantized is None or nm in quantized]
+
+    groups = [g for g in llama_groups(layer, pe) if g.name in inputs and searched(g)]
+    found = [(g, *search_scale(inputs[g.name], searched(g), g.block, s)) for g in groups]
     fit = LayerFit({}, {}, [])
     for g, scales, loss in found:
         apply_scale(g, scales)
@@ -262,21 +299,39 @@ def fit_layer(layer: nn.Module, h: torch.Tensor, pe, s: AWQSettings) -> tuple[to
         fit.log.append({"module": g.name, "loss": loss, "scale_min": float(scales.min()),
                         "scale_max": float(scales.max())})
     # without a v -> o scale (GQA), o_proj's input is unchanged: scaling ln1 and q,k,v cancels exactly
-    for key, names in CLIP_INPUTS.items() if s.clip else ():
-        for nm in names:
-            lin = layer.get_submodule(nm)
-            org_max = lin.weight.data.abs().reshape(lin.out_features, -1, s.group_size).amax(dim=-1).float()
-            fit.clips[nm] = search_clip(inputs[key], lin.weight.data, s)
-            lin.weight.data = apply_clip(lin.weight.data, fit.clips[nm], s.group_size)
-            fit.log.append({"module": nm, "mean_shrink": float((fit.clips[nm] / org_max.clamp(min=1e-12)).mean())})
-    return out, fit
+    for nm in CLIPPED if s.clip else ():
+        if (quantized is not None and nm not in quantized) or input_group(nm) not in inputs:
+            continue
+        lin = layer.get_submodule(nm)
+        org_max = lin.weight.data.abs().reshape(lin.out_features, -1, s.group_size).amax(dim=-1).float()
+        fit.clips[nm] = search_clip(inputs[input_group(nm)], lin.weight.data, s)
+        lin.weight.data = apply_clip(lin.weight.data, fit.clips[nm], s.group_size)
+        fit.log.append({"module": nm, "mean_shrink": float((fit.clips[nm] / org_max.clamp(min=1e-12)).mean())})
+    return fit
+
+
+def fitted(name: str, w: torch.Tensor, fit: LayerFit, group_size: int) -> torch.Tensor:
+    """The weight of module `name` (a norm or Linear inside the layer) with the fit fused in, as
+    `apply_scale` and `apply_clip` change it, in the same order (a copy; w is not changed)."""
+    w = w.clone()
+    for spec in LLAMA_SCALING:
+        if spec.name not in fit.scales:
+            continue
+        sc = fit.scales[spec.name].to(w.dtype)
+        if name == spec.prev:
+            if w.dim() == 2:
+                w[-sc.numel():] /= sc[:, None]
+            else:
+                w /= sc
+        if name in spec.linears:
+            w *= sc
+    if name in fit.clips:
+        w = apply_clip(w, fit.clips[name], group_size)
+    return w
 
 
 def apply_fit(layer: nn.Module, fit: LayerFit, group_size: int) -> None:
     """Fuse a layer's scales into its norms and Linears, then clamp the clipped Linears (in place)."""
-    for g in llama_groups(layer, None):
-        if g.name in fit.scales:
-            apply_scale(g, fit.scales[g.name])
-    for nm, max_val in fit.clips.items():
-        lin = layer.get_submodule(nm)
-        lin.weight.data = apply_clip(lin.weight.data, max_val, group_size)
+    for nm in dict.fromkeys(n for spec in LLAMA_SCALING for n in (spec.prev, *spec.linears)):
+        mod = layer.get_submodule(nm)
+        mod.weight.data = fitted(nm, mod.weight.data, fit, group_size)

@@ -4,11 +4,12 @@ nothing, a window longer than the model's context, weights that are not finite (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from camelid.checkpoint.source import Checkpoint
 from camelid.errors import CamelidError, CheckpointError
-from camelid.formats.gptq.layout import packable
 from camelid.quant.layer import LINEARS, layer_prefix
 from camelid.quant.settings import QuantParams
 
@@ -34,8 +35,9 @@ def default_seq_len(ckpt: Checkpoint) -> int:
 
 
 def check_run(p: QuantParams, ckpt: Checkpoint, n_layers: int, seq_len: int, nsamples: int,
-              calibrated: bool) -> None:
-    """Everything about a run that can be known wrong from settings and shapes alone."""
+              calibrated: bool, packable: Callable[[int, int], bool]) -> None:
+    """Everything about a run that can be known wrong from settings and shapes alone; `packable`
+    (in_features, out_features) says which Linears the method's format holds quantized."""
     if calibrated:
         if seq_len < 1 or nsamples < 1:
             raise CamelidError(f"--seq-len and --nsamples must be >= 1, got {seq_len} and {nsamples}")
@@ -45,13 +47,13 @@ def check_run(p: QuantParams, ckpt: Checkpoint, n_layers: int, seq_len: int, nsa
                                f"max_position_embeddings): use --seq-len {context} or less")
     names = [layer_prefix(i) + m for i in range(n_layers) for m in LINEARS] + (["lm_head"] if p.lm_head else [])
     dims = {linear_dims(ckpt, n) for n in names}
-    if not any(packable(i, o, p.bits, p.group_size) for i, o in dims):
+    if not any(packable(i, o) for i, o in dims):
         sizes = ", ".join(f"{i}x{o}" for i, o in sorted(dims))
-        raise CamelidError(
-            f"--group-size {p.group_size} quantizes none of the Linears (in x out: {sizes}): the format needs "
-            "both sizes to be multiples of 32 and the group size to divide the input size; try --group-size -1 "
-            "or a divisor such as 32"
-        )
+        needs = ("the output size to be a multiple of 8 and the group size to divide the input size; try a "
+                 "divisor such as 32" if p.method == "awq" else "both sizes to be multiples of 32 and the group "
+                 "size to divide the input size; try --group-size -1 or a divisor such as 32")
+        raise CamelidError(f"--group-size {p.group_size} quantizes none of the Linears (in x out: {sizes}): "
+                           f"the format needs {needs}")
 
 
 class FiniteWeights:

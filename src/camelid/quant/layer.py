@@ -101,9 +101,6 @@ class Stage:
 
     name: str
     linears: tuple[str, ...]
-    # the module whose output the group reads: the place an activation-aware method (AWQ) folds its
-    # input scales into, as AutoAWQ's `scale_fc_fc`/`scale_ln_fcs` do
-    after: str
     leaves: str  # what `left` holds once this stage ran
     run: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
     # Linears the rest of the walk never runs again once this stage has (true-sequential): their
@@ -136,13 +133,13 @@ def _down_input(layer, h, h2, pe, x2_in_h):
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("attention input", GROUPS[0], after="input_layernorm", leaves="x1 = ln1(h)", run=_attention_input,
+    Stage("attention input", GROUPS[0], leaves="x1 = ln1(h)", run=_attention_input,
           reads_left=False),
-    Stage("attention context", GROUPS[1], after="self_attn.v_proj", leaves="attention context",
+    Stage("attention context", GROUPS[1], leaves="attention context",
           run=_attention_output_input),
-    Stage("mlp input", GROUPS[2], after="post_attention_layernorm", leaves="h2 (post-attention residual)",
+    Stage("mlp input", GROUPS[2], leaves="h2 (post-attention residual)",
           run=_mlp_input, done_with=(*GROUPS[0], *GROUPS[1])),
-    Stage("mlp hidden", GROUPS[3], after="mlp.up_proj", leaves="h2 (post-attention residual)", run=_down_input),
+    Stage("mlp hidden", GROUPS[3], leaves="h2 (post-attention residual)", run=_down_input),
 )
 
 

@@ -11,14 +11,13 @@ layer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from camelid.checkpoint.source import Checkpoint
-from camelid.formats.gptq.layout import pack_linear, packable
 from camelid.quant.layer import STAGES, Stage, layer_output, layer_prefix, load_layer, rotary
 from camelid.quant.methods import LinearGroup, Observer, QuantMethod
 from camelid.quant.progress import (
@@ -126,12 +125,15 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, acts: Activ
 
     The forward passes run in the layer's dtype (bf16 where the CPU has bf16 matmul units); the
     Hessians are fp32 sums, and GPTQ starts from the checkpoint's own weights, read again in fp32.
+    A method that folds scales (AWQ) sees every group on the unquantized layer, whose output is the
+    next layer's input, and the tensors written are the checkpoint's through its fold.
     """
     p = method.params
     prefix = layer_prefix(i)
     mods = dict(layer.named_modules())
     dtype = next(layer.parameters()).dtype
-    tensors: dict[str, torch.Tensor] = {}
+    sequential = p.true_sequential and not method.folds_scales
+    tensors: dict[str, torch.Tensor | None] = {}  # filled in stage order; fp16 ones once the fold is known
     rows: list[dict] = []
     pending: list[tuple[LinearGroup, Observer | None]] = []
 
@@ -144,39 +146,48 @@ def quantize_layer(layer: torch.nn.Module, i: int, ckpt: Checkpoint, acts: Activ
         for nm, res in results.items():
             lin = mods[nm]
             lin.weight.data = res.dequantized().to(lin.weight.device, dtype)
-            tensors.update(pack_linear(prefix + nm, res.q, res.scales, res.zeros, res.g_idx, p.bits))
+            tensors.update(method.pack(prefix + nm, res))
         rows.extend(_log_rows(i, results, seconds))
 
     for stage in STAGES:
-        quantized = [nm for nm in stage.linears if packable(mods[nm].in_features, mods[nm].out_features,
-                                                              p.bits, p.group_size)]
+        quantized = [nm for nm in stage.linears if method.packable(mods[nm].in_features, mods[nm].out_features)]
         for nm in stage.linears:
             if nm not in quantized:
-                tensors[prefix + nm + ".weight"] = ckpt.read(prefix + nm + ".weight").to(torch.float16)
+                tensors[prefix + nm + ".weight"] = None
         group = observed = None
         if quantized:
             group = LinearGroup(quantized, [mods[nm].out_features for nm in quantized],
                                 mods[quantized[0]].in_features,
-                                lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32),
-                                device, mods, stage)
+                                lambda nm: ckpt.read(prefix + nm + ".weight").to(device, torch.float32), device)
             observed = method.observer(group) if acts is not None else None
         if acts is not None:
-            acts.walk(layer, stage, observed, p.true_sequential)
+            acts.walk(layer, stage, observed, sequential)
         if group is not None:
-            if p.true_sequential or not method.needs_activations:
+            if sequential or not method.needs_activations:
                 finish(group, observed)
             else:
                 pending.append((group, observed))
-        if p.true_sequential:
+        if sequential:
             for nm in stage.done_with:
                 mods[nm].weight.data = torch.empty(0, dtype=dtype, device=device)
+    fold = None
+    if method.folds_scales:  # the next layer's input from the unquantized layer, then the scales
+        acts.advance(layer, False)
+        fold = method.fold(layer, acts.pe, pending)
+        pending = [(replace(group, read_weight=lambda nm, read=group.read_weight: fold(nm, read(nm))), observed)
+                   for group, observed in pending]
     for group, observed in pending:  # not true-sequential: every group saw the unquantized layer
         finish(group, observed)
 
-    if acts is not None:
-        acts.advance(layer, p.true_sequential)
+    if acts is not None and not method.folds_scales:
+        acts.advance(layer, sequential)
     for nm in ("input_layernorm", "post_attention_layernorm"):
-        tensors[prefix + nm + ".weight"] = ckpt.read(prefix + nm + ".weight").to(torch.float16)
+        tensors[prefix + nm + ".weight"] = None
+    for name, t in tensors.items():
+        if t is None:  # a norm or an unquantized Linear
+            w = ckpt.read(name)
+            tensors[name] = (w if fold is None else fold(name[len(prefix):-len(".weight")], w.float())
+                             ).to(torch.float16)
     return tensors, rows
 
 
@@ -192,7 +203,7 @@ def quantize_lm_head(ckpt: Checkpoint, config, acts: Activations | None, method:
     """lm_head as a group of its own, observed on norm(final hidden states) in fp32."""
     out_f, in_f = ckpt.tensors["lm_head.weight"].shape
     group = LinearGroup(["lm_head"], [out_f], in_f, lambda nm: ckpt.read(nm + ".weight").to(device, torch.float32),
-                        device, {}, None)
+                        device)
     observed = method.observer(group) if acts is not None else None
     if observed is not None:
         from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -205,8 +216,7 @@ def quantize_lm_head(ckpt: Checkpoint, config, acts: Activations | None, method:
     t0 = time.perf_counter()
     results = method.quantize(group, observed)
     rows = _log_rows("lm_head", results, time.perf_counter() - t0)
-    res = results["lm_head"]
-    return pack_linear("lm_head", res.q, res.scales, res.zeros, res.g_idx, method.params.bits), rows
+    return method.pack("lm_head", results["lm_head"]), rows
 
 
 def quantize_layers(work: Path, ckpt: Checkpoint, config, method: QuantMethod, ids: torch.Tensor | None,

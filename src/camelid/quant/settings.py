@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from camelid.errors import CamelidError
 
 BITS = (2, 3, 4, 8)
-METHODS = ("gptq", "rtn")  # "awq" joins when its method exists
+METHODS = ("gptq", "rtn", "awq")
+AWQ_BITS = 4  # the AutoAWQ GEMM format's only width (camelid.formats.awq.BITS)
 
 
 class _Settings:
@@ -82,9 +83,22 @@ class QuantParams(_Settings):
                 math.isfinite(self.damp) and 0 <= self.damp < 1):
             raise CamelidError(f"--damp must be in [0, 1), got {self.damp!r}")
         if self.method not in METHODS:
-            raise CamelidError(f"--method must be {' or '.join(METHODS)}, got {self.method!r}")
+            raise CamelidError(f"--method must be {', '.join(METHODS)}, got {self.method!r}")
         for name in ("act_order", "sym", "true_sequential", "static_groups", "mse", "lm_head"):
             _bool(getattr(self, name), "--" + name.replace("_", "-"))
+        if self.method == "awq":
+            self._check_awq()
+
+    def _check_awq(self) -> None:
+        """AWQ's own grid (asymmetric, zero point) and whole-layer order: `sym`, `damp` and
+        `true_sequential` do not apply; what it cannot do is refused."""
+        if self.bits != AWQ_BITS:
+            raise CamelidError(f"--method awq writes the AutoAWQ GEMM format, which is {AWQ_BITS}-bit; got --bits {self.bits}")
+        if self.group_size == -1:
+            raise CamelidError("--method awq needs a positive --group-size (AutoAWQ GEMM has no single-group layout)")
+        for name in ("act_order", "static_groups", "mse", "lm_head"):
+            if getattr(self, name):
+                raise CamelidError(f"--{name.replace('_', '-')} is a GPTQ option; --method awq does not take it")
 
     def as_dict(self) -> dict[str, Any]:  # the name the run fingerprint has always hashed
         return self.to_dict()

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from camelid.checkpoint import resolve_model_dir, write_json
-from camelid.checkpoint.output import MANIFEST, sha256_file, write_manifest
+from camelid.checkpoint.output import MANIFEST, sha256_file, verify_manifest, write_manifest
 from camelid.checkpoint.source import RELEASE_INDEX
-from camelid.errors import CamelidError
+from camelid.errors import CamelidError, CheckpointError
 from camelid.quant.api import dataset_record, quantize, source_name
 from camelid.quant.calib import calibration_tokens, sample_windows, window_starts
 from camelid.quant.settings import RunOptions
@@ -58,13 +58,12 @@ def _weights_digest(folder: Path) -> str:
 
 
 def manifest_verifies(folder: Path) -> bool:
-    """Every file the manifest lists (but the card) is present with its SHA-256."""
+    """Every file the manifest lists is present with its SHA-256 (`checkpoint.output.verify_manifest`)."""
     try:
-        sums = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        verify_manifest(folder)
+    except (CheckpointError, OSError, ValueError):
         return False
-    return all(name in CARD_FILES or ((folder / name).is_file() and sha256_file(folder / name) == digest)
-               for name, digest in sums.items())
+    return True
 
 
 def _check_settings(folder: Path, row: Row) -> None:
@@ -166,6 +165,27 @@ def _eval_windows(tokenizer, rows: list[Row], streams: dict, spec: EvalSpec) -> 
         **dataset_record(c.dataset, c.dataset_path)}
 
 
+@dataclass(frozen=True)
+class ReleaseData:
+    """What every variant of a release shares: each GPTQ row's calibration windows (each corpus tokenized
+    once), the held-out measurement windows and where they came from."""
+    calibration: dict[str, torch.Tensor]
+    streams: dict[tuple, torch.Tensor]
+    eval_windows: torch.Tensor
+    eval_record: dict
+
+
+def release_data(src: Path, rows: list[Row], evaluation: EvalSpec) -> ReleaseData:
+    from camelid.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(src)
+    calibration, streams = _calibration(tok, rows)
+    eval_windows, eval_record = _eval_windows(tok, rows, streams, evaluation)
+    return ReleaseData(calibration, streams, eval_windows,
+                       {**eval_record, "windows": int(eval_windows.shape[0]), "seq_len": int(eval_windows.shape[1]),
+                        "dtype": "float32"})
+
+
 def read_release(out: str | Path) -> dict:
     path = Path(out) / RELEASE_INDEX
     try:
@@ -176,11 +196,13 @@ def read_release(out: str | Path) -> dict:
 
 def build_release(source: str | Path, out: str | Path, rows: list[Row], card: CardInfo,
                   options: RunOptions | None = None, evaluation: EvalSpec | None = None,
-                  executor_name: str = "local", ray_address: str | None = None) -> dict:
+                  executor_name: str = "local", ray_address: str | None = None,
+                  data: ReleaseData | None = None, extras: dict | None = None, finish: bool = True) -> dict:
     """Quantize, measure and card every row into OUT (resuming what a previous run finished).
-    Returns the release record (also written to OUT/release.json)."""
+    Returns the release record (also written to OUT/release.json). `data`: shared windows computed by the
+    caller (`release_data`); `extras`: what the card shows beyond the branches (`card.render_card`);
+    `finish=False` leaves the cards to a later `finish_release` (a multi-format release writes them last)."""
     from camelid.chat import TEMPLATES
-    from camelid.tokenizer import load_tokenizer
 
     options, evaluation = options or RunOptions(), evaluation or EvalSpec()
     if card.template is not None and card.template not in TEMPLATES:
@@ -193,15 +215,11 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
     if (out / "config.json").exists():
         raise CamelidError(f"{out} is a model folder, not a release folder; pick another OUT")
     out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(src)
-    calibration, streams = _calibration(tok, rows)
-    eval_windows, eval_record = _eval_windows(tok, rows, streams, evaluation)
+    data = data or release_data(src, rows, evaluation)
     previous = read_release(out)["branches"] if (out / RELEASE_INDEX).exists() else {}
     record = {"format": "camelid-release/1", "card": asdict(card),
               "source": {"name": source_name(source), "config_sha256": sha256_file(src / "config.json")},
-              "evaluation": {**eval_record, "windows": int(eval_windows.shape[0]),
-                             "seq_len": int(eval_windows.shape[1]), "dtype": "float32"},
-              "branches": {}}
+              "evaluation": data.eval_record, "branches": {}}
     write_json(out / RELEASE_INDEX, record | {"branches": previous})
     jobs, done = [], {}
     for plan in plans:
@@ -215,7 +233,8 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
             done[b] = prev | {"built": False}
             continue
         opts = options if options.revision is None else replace(options, revision=None)
-        jobs.append(BranchJob(str(src), str(out), plan, calibration.get(b), eval_windows, opts, card.template))
+        jobs.append(BranchJob(str(src), str(out), plan, data.calibration.get(b), data.eval_windows, opts,
+                              card.template))
     gpus = 1 if options.device == "cuda" else 0
     for result in executor.run(build_branch, jobs, executor_name, ray_address, gpus):
         done[result["branch"]] = result | {"evaluation": record["evaluation"]}
@@ -223,8 +242,13 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
     # branches built by earlier runs (e.g. with other --only) stay in the release and its card
     kept = {b: v for b, v in previous.items() if b not in done and (out / b / MANIFEST).is_file()}
     record["branches"] = {p.row.branch: done[p.row.branch] for p in plans} | kept
-    write_card(out, record, src)
-    for branch in record["branches"]:
-        write_manifest(out / branch)
+    write_json(out / RELEASE_INDEX, record)
+    return finish_release(out, record, src, extras) if finish else record
+
+
+def finish_release(out: Path, record: dict, src: Path, extras: dict | None = None) -> dict:
+    """The card in every branch, each branch's manifest right after its card, and release.json."""
+    record = record | {"extras": extras or {}}
+    write_card(out, record, src, after=write_manifest)
     write_json(out / RELEASE_INDEX, record)
     return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,23 @@ def compatibility(branch: dict, kernels: dict, config: dict) -> dict:
             "camelid": ", ".join(f"{n} × {k}" for k, n in kernels.items()) or "dense"}
 
 
-def _prompt(tokenizer, template: str | None) -> dict | None:
+def template_env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("camelid.release", "templates"), trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+
+
+def repository_lines(extras: dict, info: CardInfo, alone: tuple[str, str]) -> list[tuple[str, str]]:
+    """(label, link) of "Repositories available": the release's siblings when it has several
+    (`siblings.repositories`), else `alone`; then the original model, when named."""
+    lines = [(r["label"], r["link"]) for r in extras.get("repositories", [])] or [alone]
+    if info.original_repo:
+        lines.append(("Original unquantised model", f"[{info.original_repo}](https://huggingface.co/{info.original_repo})"))
+    return lines
+
+
+def prompt_info(tokenizer, template: str | None) -> dict | None:
     from camelid.chat import render_template
     from camelid.errors import CamelidError
 
@@ -97,18 +114,31 @@ def _original_card(src: Path) -> str | None:
     return (text[m.end():] if m else text).strip() or None
 
 
-def _front_matter(info: CardInfo, record: dict, config: dict, prompt: dict | None) -> str:
+def front_matter(info: CardInfo, config: dict, prompt: dict | None, fmt: str | None,
+                 datasets: list[str]) -> str:
+    """The YAML block; `fmt` (gptq, awq, gguf) tags a quantized repository, None the fp16 one."""
     from huggingface_hub import ModelCardData
 
-    datasets = sorted({HUB_DATASETS[b["calibration"]["dataset"]] for b in record["branches"].values()
-                       if b["calibration"]["dataset"] in HUB_DATASETS})
-    extra = {"base_model_relation": "quantized"} if info.original_repo else {}
+    extra = {"base_model_relation": "quantized"} if info.original_repo and fmt else {}
+    tags = ([fmt, "quantized"] if fmt else []) + ["camelid", config.get("model_type", "llama")]
     data = ModelCardData(
         base_model=info.original_repo, model_name=info.name, license=info.license, datasets=datasets or None,
-        tags=["gptq", "quantized", "camelid", config.get("model_type", "llama")], pipeline_tag="text-generation",
+        tags=tags, pipeline_tag="text-generation",
         inference=False, model_creator=info.creator, model_type=config.get("model_type"),
         prompt_template=prompt["text"] if prompt else "{prompt}\n", quantized_by=info.quantized_by, **extra)
     return data.to_yaml() + "\n"
+
+
+def hub_datasets(calibrations: list[dict]) -> list[str]:
+    return sorted({HUB_DATASETS[c["dataset"]] for c in calibrations if c["dataset"] in HUB_DATASETS})
+
+
+def evaluation_text(ev: dict) -> str:
+    """Which windows every measured column comes from."""
+    return (f"{ev['windows']} windows of {ev['seq_len']} tokens of "
+            + (f"`{ev['file']}` (sha256 {ev['sha256'][:12]})" if ev["source"] == "file" else
+               f"{ev['dataset']} that no calibration window used")
+            + f", both models in {ev['dtype']}.")
 
 
 def _rows(record: dict, repo: str, hub: bool) -> tuple[list[dict], list[str]]:
@@ -136,8 +166,6 @@ def _rows(record: dict, repo: str, hub: bool) -> tuple[list[dict], list[str]]:
 
 
 def render_card(record: dict, src: Path, out: Path) -> str:
-    import jinja2
-
     from camelid.runtime.gptq_load import plan_kernels
     from camelid.tokenizer import load_tokenizer
 
@@ -147,19 +175,15 @@ def render_card(record: dict, src: Path, out: Path) -> str:
     repo = info.repo_id or out.name
     hub = repo.count("/") == 1
     tok = load_tokenizer(out / branches[0])
-    prompt = _prompt(tok, info.template)
+    prompt = prompt_info(tok, info.template)
     rows, notes = _rows(record, repo, hub)
-    ev = record["evaluation"]
-    evaluation = (f"{ev['windows']} windows of {ev['seq_len']} tokens of "
-                  + (f"`{ev['file']}` (sha256 {ev['sha256'][:12]})" if ev["source"] == "file" else
-                     f"{ev['dataset']} that no calibration window used")
-                  + f", both models in {ev['dtype']}.")
+    evaluation = evaluation_text(record["evaluation"])
     first = next(iter(record["branches"].values()))
-    repositories = [("GPTQ models for GPU and CPU inference, with multiple quantisation parameter options",
-                     f"[{repo}](https://huggingface.co/{repo})" if hub else f"`{repo}` (this release)")]
-    if info.original_repo:
-        repositories.append(("Original unquantised model", f"[{info.original_repo}]"
-                                                            f"(https://huggingface.co/{info.original_repo})"))
+    extras = record.get("extras") or {}
+    repositories = repository_lines(extras, info, ("GPTQ models for GPU and CPU inference, with multiple "
+                                                   "quantisation parameter options",
+                                                   f"[{repo}](https://huggingface.co/{repo})" if hub
+                                                   else f"`{repo}` (this release)"))
     clients = ["[camelid](https://github.com/camelid) (`camelid.load`, `camelid generate/chat/serve`): every branch, CPU or GPU",
                "[Transformers](https://github.com/huggingface/transformers) with [GPTQModel](https://github.com/ModelCloud/GPTQModel)",
                "[text-generation-inference](https://github.com/huggingface/text-generation-inference)",
@@ -168,11 +192,10 @@ def render_card(record: dict, src: Path, out: Path) -> str:
         clients.append("[ExLlama](https://github.com/turboderp/exllama) / ExLlamaV2 (4-bit branches)")
     compat = [compatibility(b, plan_kernels(out / b["branch"], device="cpu")["kernels"], config)
               for b in record["branches"].values()]
-    env = jinja2.Environment(loader=jinja2.PackageLoader("camelid.release", "templates"), trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     original_name = info.original_repo or record["source"]["name"]
-    return env.get_template("card.md.j2").render(
-        front_matter=_front_matter(info, record, config, prompt), name=info.name, creator=info.creator,
+    return template_env().get_template("card.md.j2").render(performance=extras.get("performance"),
+        front_matter=front_matter(info, config, prompt, "gptq", hub_datasets(
+            [b["calibration"] for b in record["branches"].values()])), name=info.name, creator=info.creator,
         creator_url=None, original_name=original_name,
         original_url=f"https://huggingface.co/{info.original_repo}" if info.original_repo else None,
         version=__version__,
@@ -187,18 +210,26 @@ def render_card(record: dict, src: Path, out: Path) -> str:
         original_card=_original_card(src))
 
 
-def write_card(out: Path, record: dict, src: Path) -> None:
-    """README.md and the size/KL plot, the same in every branch of the release."""
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_card(out: Path, record: dict, src: Path, after: Callable[[Path], object] | None = None) -> None:
+    """README.md and the size/KL plot, the same in every branch of the release; `after(folder)` runs
+    once a branch has both (its manifest, so a kill leaves at most one branch's card unhashed)."""
     from camelid.release.plot import size_vs_kl
 
     branches = list(record["branches"].values())
     first = out / branches[0]["branch"]
-    size_vs_kl(branches, first / PLOT, f"{record['card']['name']}: size vs KL divergence, per branch")
+    size_vs_kl([{"label": b["branch"], **b} for b in branches], first / PLOT,
+               f"{record['card']['name']}: size vs KL divergence, per branch")
     text = render_card(record, src, out)
     for b in branches:
         folder = out / b["branch"]
-        tmp = folder / (CARD + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(folder / CARD)
+        write_text_atomic(folder / CARD, text)
         if folder != first:
             (folder / PLOT).write_bytes((first / PLOT).read_bytes())
+        if after is not None:
+            after(folder)

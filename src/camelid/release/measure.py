@@ -49,12 +49,17 @@ def _reference(source_dir: Path, device: str):
 
 
 def measure_branch(branch_dir: Path, source_dir: Path, windows: torch.Tensor, device: str = "cpu") -> dict:
-    """KL(source || branch), top-1 agreement and both perplexities, both models in float32 so that the
-    numbers show the quantization alone, not the runtime's bf16 rounding."""
+    """KL(source || variant), top-1 agreement and both perplexities. The variant is a model folder (GPTQ,
+    AWQ, fp16: camelid.load, in float32 so that the numbers show the quantization alone, not the runtime's
+    bf16 rounding) or a .gguf file, run by llama.cpp as `camelid eval kld` runs it."""
     from camelid.eval import kl_divergence_windows
+    from camelid.runtime.llamacpp import is_gguf, load_gguf
     from camelid.runtime.load import load
 
-    model, _ = load(branch_dir, device=device, dtype="float32")
+    if is_gguf(branch_dir):
+        model, _ = load_gguf(branch_dir, n_ctx=int(windows.shape[1]))
+    else:
+        model, _ = load(branch_dir, device=device, dtype="float32")
     reference = _reference(Path(source_dir), device)
     result = kl_divergence_windows(model, reference, windows)
     return {k: result[k] for k in ("kld_mean", "kld_median", "kld_p99", "top1_agreement_pct", "ppl",

@@ -8,7 +8,9 @@ planned bytes are the written bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -21,6 +23,8 @@ from camelid.quant.settings import QuantParams
 from camelid.release.matrix import Row
 
 FP16 = torch.float16
+# Packed tensors of one Linear (prefix, in, out), or None where the format leaves it fp16.
+Packer = Callable[[str, int, int], "list[TensorSpec] | None"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,18 @@ def linear_dims(config: dict) -> dict[str, tuple[int, int]]:
             "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter), "mlp.down_proj": (inter, hidden)}
 
 
-def _packed(prefix: str, in_f: int, out_f: int, p: QuantParams) -> list[TensorSpec]:
-    return [TensorSpec(f"{prefix}.{k}", dt, shape) for k, (dt, shape) in packed_shapes(in_f, out_f, p.bits,
-                                                                                          p.group_size).items()]
+def gptq_packer(p: QuantParams) -> Packer:
+    def pack(prefix: str, in_f: int, out_f: int) -> list[TensorSpec] | None:
+        if not packable(in_f, out_f, p.bits, p.group_size):
+            return None
+        return [TensorSpec(f"{prefix}.{k}", dt, shape)
+                for k, (dt, shape) in packed_shapes(in_f, out_f, p.bits, p.group_size).items()]
+    return pack
 
 
-def weight_specs(config: dict, p: QuantParams) -> tuple[list[TensorSpec], list[str]]:
-    """Every tensor of the quantized checkpoint in file order, and the Linears left fp16."""
+def model_specs(config: dict, pack: Packer, lm_head: bool = False) -> tuple[list[TensorSpec], list[str]]:
+    """Every tensor of a checkpoint camelid writes layer by layer (`camelid.quant.assemble`'s order:
+    embeddings, each layer's tensors by name, final norm, head), and the Linears `pack` left fp16."""
     dims = linear_dims(config)
     hidden, vocab = config["hidden_size"], config["vocab_size"]
     specs = [TensorSpec("model.embed_tokens.weight", FP16, (vocab, hidden))]
@@ -65,32 +74,55 @@ def weight_specs(config: dict, p: QuantParams) -> tuple[list[TensorSpec], list[s
                  for n in ("input_layernorm", "post_attention_layernorm")]
         for name in LINEARS:
             in_f, out_f = dims[name]
-            if packable(in_f, out_f, p.bits, p.group_size):
-                layer += _packed(layer_prefix(i) + name, in_f, out_f, p)
-            else:
+            packed = pack(layer_prefix(i) + name, in_f, out_f)
+            if packed is None:
                 layer.append(TensorSpec(f"{layer_prefix(i)}{name}.weight", FP16, (out_f, in_f)))
                 skipped.append(layer_prefix(i) + name)
+            else:
+                layer += packed
         specs += sorted(layer, key=lambda s: s.name)  # safetensors lists a file's tensors by name
     specs.append(TensorSpec("model.norm.weight", FP16, (hidden,)))
-    if p.lm_head:
-        specs += _packed("lm_head", hidden, vocab, p)
+    if lm_head:
+        specs += pack("lm_head", hidden, vocab) or []
     elif not config.get("tie_word_embeddings", False):
         specs.append(TensorSpec("lm_head.weight", FP16, (vocab, hidden)))
     return specs, skipped
 
 
-def plan_branch(config: dict, row: Row, max_shard_size: str | int = "5GB") -> BranchPlan:
-    specs, skipped = weight_specs(config, row.params)
-    total = config["num_hidden_layers"] * len(LINEARS)
-    if len(skipped) == total and row.params.method == "gptq":
-        raise CamelidError(f"matrix row {row.branch!r}: group size {row.params.group_size} at "
-                           f"{row.params.bits} bits packs none of the model's Linears")
+def weight_specs(config: dict, p: QuantParams) -> tuple[list[TensorSpec], list[str]]:
+    """Every tensor of the GPTQ checkpoint in file order, and the Linears left fp16."""
+    return model_specs(config, gptq_packer(p), p.lm_head)
+
+
+def config_shapes(config: dict) -> SimpleNamespace:
+    """The fp16 model's tensor shapes as config.json implies them, in the shape of a Checkpoint
+    (`tensors[name].shape`, `config`, `dir`), so quantize's own checks run on a plan (no weights)."""
+    specs, _ = model_specs(config, lambda *_: None)
+    if config.get("tie_word_embeddings", False):  # quantize's lm_head check reads it even when tied
+        specs.append(TensorSpec("lm_head.weight", FP16, (config["vocab_size"], config["hidden_size"])))
+    return SimpleNamespace(tensors={s.name: s for s in specs}, config=config, dir="config.json")
+
+
+def files_of(specs: list[TensorSpec], metadata: dict[str, str], max_shard_size: str | int) -> dict[str, int]:
+    """{weight file: bytes} as the checkpoint writer shards and writes `specs`."""
     shards = plan_shards(specs, parse_size(max_shard_size))
-    p = row.params  # the weight files' metadata, from the config block quantize writes
+    return {name: file_size(shard, metadata) for name, shard in zip(shard_names(len(shards)), shards, strict=True)}
+
+
+def plan_branch(config: dict, row: Row, max_shard_size: str | int = "5GB") -> BranchPlan:
+    from camelid.quant.checks import check_run
+
+    p = row.params
+    try:  # quantize's own rule for a setting that packs none of the Linears (lm_head included), one owner
+        check_run(p, config_shapes(config), config["num_hidden_layers"], 0, 0, calibrated=False)
+    except CamelidError as e:
+        raise CamelidError(f"matrix row {row.branch!r}: {e}") from None
+    specs, skipped = weight_specs(config, p)
+    total = config["num_hidden_layers"] * len(LINEARS)
+    # the weight files' metadata, from the config block quantize writes
     meta = GPTQConfig(bits=p.bits, group_size=p.group_size, desc_act=p.act_order,
                       damp_percent=p.damp).safetensors_metadata()
-    files = {name: file_size(shard, meta) for name, shard in zip(shard_names(len(shards)), shards, strict=True)}
-    return BranchPlan(row, files, tuple(skipped), total - len(skipped))
+    return BranchPlan(row, files_of(specs, meta, max_shard_size), tuple(skipped), total - len(skipped))
 
 
 def plan_release(config: dict, rows: list[Row], max_shard_size: str | int = "5GB") -> list[BranchPlan]:

@@ -84,11 +84,20 @@ def push_release(out: str | Path, repo_id: str, *, private: bool = False, token:
     branches = list(record["branches"])
     for b in branches:  # a damaged local branch is an error before anything leaves the machine
         verify_manifest(out / b)
+    api = _api(api, token)
+    check_access(api, repo_id)
+    return _push_branches(api, repo_id, out, branches, private)
+
+
+def _api(api, token: str | None):
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    check_access(api, repo_id)
+    return api
+
+
+def _push_branches(api, repo_id: str, out: Path, branches: list[str], private: bool) -> dict:
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     for b in branches:
         if b != "main":
@@ -96,16 +105,58 @@ def push_release(out: str | Path, repo_id: str, *, private: bool = False, token:
     pushed, skipped = [], []
     for b in branches:
         folder = out / b
-        if remote_matches(api, repo_id, b, folder):
+        if _push_folder(api, repo_id, folder, b):
+            pushed.append(b)
+        else:
             skipped.append(b)
-            continue
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=b,
-                          commit_message=f"camelid release: {b}",
-                          delete_patterns=["*.safetensors", "*.safetensors.index.json"])  # no stale shards
-        pushed.append(b)
     if "main" not in branches:  # the card on main too, where visitors land
         first = out / branches[0]
         for name in CARD_FILES:
             api.upload_file(path_or_fileobj=str(first / name), path_in_repo=name, repo_id=repo_id,
                             revision="main", commit_message=f"camelid release: {name}")
     return {"repo_id": repo_id, "pushed": pushed, "skipped": skipped}
+
+
+def _push_folder(api, repo_id: str, folder: Path, branch: str) -> bool:
+    """Upload `folder` to `branch` unless the branch already holds exactly its files; whether it uploaded."""
+    if remote_matches(api, repo_id, branch, folder):
+        return False
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch,
+                      commit_message=f"camelid release: {branch}",
+                      delete_patterns=["*.safetensors", "*.safetensors.index.json", "*.gguf"])  # no stale weights
+    return True
+
+
+def push_repositories(out: str | Path, *, private: bool = False, token: str | None = None, api=None) -> list[dict]:
+    """Upload each repository of a multi-format release (OUT/.camelid/siblings.json) to its own Hub repo:
+    the GPTQ one branch by branch, AWQ, GGUF and fp16 to main. Every local folder is verified and the token
+    checked before the first upload."""
+    from camelid.checkpoint.jsonio import read_json
+    from camelid.release.siblings import STATE
+
+    out = Path(out)
+    index = read_json(out / STATE / "siblings.json")
+    sibs = index["siblings"]
+    local = [s["repo"] for s in sibs if s["repo"].count("/") != 1]
+    if local:
+        raise CamelidError(f"cannot push {', '.join(local)}: not Hub ids; build the release with "
+                           "--push OWNER/NAME (or --repo-id) so that each repository has one")
+    for s in sibs:
+        folder = out / s["folder"]
+        if s["format"] == "gptq":
+            for b in read_release(folder)["branches"]:
+                verify_manifest(folder / b)
+        else:
+            verify_manifest(folder)
+    api = _api(api, token)
+    check_access(api, sibs[0]["repo"])
+    results = []
+    for s in sibs:
+        folder = out / s["folder"]
+        if s["format"] == "gptq":
+            results.append(_push_branches(api, s["repo"], folder, list(read_release(folder)["branches"]), private))
+        else:
+            api.create_repo(s["repo"], private=private, exist_ok=True, repo_type="model")
+            up = _push_folder(api, s["repo"], folder, "main")
+            results.append({"repo_id": s["repo"], "pushed": ["main"] if up else [], "skipped": [] if up else ["main"]})
+    return results

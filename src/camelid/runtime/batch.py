@@ -1,7 +1,8 @@
 """The running batch as tensors: each sequence's KV cache left-padded into one DynamicCache (the server's
 continuous batch and `camelid.runtime.generate.generate`'s batch of prompts).
 
-Sequences join (`join`) after their own prefill and leave (`keep`) between decode steps. Left padding
+Sequences join (`join`) after their own prefill and leave (`keep`) between decode steps. Caches are
+`kvcache.preallocated_cache`s: a decode step writes its column in place instead of copying the cache. Left padding
 keeps every row's newest token in the last column, so one forward with an attention mask and explicit
 position ids advances all rows by one token, exactly as `generate` does for a left-padded batch.
 """
@@ -15,6 +16,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+
+from camelid.runtime.kvcache import preallocated_cache
 
 
 @dataclass
@@ -45,6 +48,14 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
+def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A cache holding these per-layer keys/values, with room for the decode steps that follow (`kvcache`)."""
+    cache = preallocated_cache()
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
+    return cache
+
+
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -71,7 +82,7 @@ def join(a: Batch | None, b: Batch) -> Batch:
             )
         )
     return Batch(
-        cache=DynamicCache(layers),
+        cache=_cache_of(layers),
         mask=torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)]),
         positions=torch.cat([a.positions, b.positions]),
         next_tokens=torch.cat([a.next_tokens, b.next_tokens]),
@@ -92,7 +103,7 @@ def keep(batch: Batch, rows: list[int]) -> Batch | None:
         for k, v in _layers(batch.cache)
     ]
     return Batch(
-        cache=DynamicCache(layers),
+        cache=_cache_of(layers),
         mask=mask[:, start:],
         positions=batch.positions.index_select(0, index),
         next_tokens=batch.next_tokens.index_select(0, index),
@@ -133,7 +144,7 @@ def prefill(model, prompts: list[list[int]], all_logits: bool = False) -> tuple[
         mask[row, width - len(prompt) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    kv = DynamicCache()  # filled in place: the output's copy of it is never read (its old name warns)
+    kv = preallocated_cache()  # filled in place: the output's copy of it is never read (its old name warns)
     base = model.base_model
     out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kwarg(base): kv})
     hidden = out.last_hidden_state

@@ -52,6 +52,11 @@ class CPUFeatures:
         native = bool(self.flags & {"avx512_bf16", "amx_bf16"})
         return native and self.isa in ("avx512_vnni", "avx512")
 
+    def describe(self) -> str:
+        """One line for a benchmark's header: model, the flags that decide kernel speed, ISA level, CPU count."""
+        flags = " ".join(self.summary()["flags"]) or "no AVX2"
+        return f"{self.model} ({flags}; ISA level {self.isa}{', forced' if self.forced else ''}), {os.cpu_count()} CPUs"
+
     def summary(self) -> dict:
         return {"model": self.model, "isa": self.isa, "isa_forced": self.forced,
                 "flags": [f for f in REPORTED_FLAGS if f in self.flags], "bf16_gemm": self.bf16_gemm}

@@ -7,15 +7,15 @@ as the server's scheduler does; the batch uses the server's left-padded `camelid
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from camelid.errors import CamelidError
 from camelid.runtime import batch as B
 from camelid.runtime.detokenize import TextStream
+from camelid.runtime.kvcache import preallocated_cache
 from camelid.runtime.sampling import Sampler, SamplingParams
 from camelid.runtime.stops import NO_STOPS, StopMatcher, Stops
 
@@ -42,7 +42,7 @@ def generate_ids(model, input_ids: Sequence[int], max_new_tokens: int, sampler: 
     max_new_tokens = _budget(model, input_ids, max_new_tokens)
     device = next(model.parameters()).device
     seen = torch.tensor(list(input_ids), dtype=torch.long, device=device)
-    cache = DynamicCache(config=model.config)  # what the model makes itself without one; filled in place
+    cache = preallocated_cache(model.config)  # filled in place; appends without copying the cache (`kvcache`)
     kv = {B.cache_kwarg(model): cache}
     out = model(input_ids=seen[None], use_cache=True, logits_to_keep=1, **kv)  # prefill: last position only
     for _ in range(max_new_tokens):
@@ -81,14 +81,16 @@ class Completion:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: SamplingParams, stops: Stops = NO_STOPS,
-             max_new_tokens: int = 256) -> list[Completion]:
+             max_new_tokens: int = 256, prefill: Callable = B.prefill) -> list[Completion]:
     """Complete every prompt (token ids) in one left-padded batch; finished rows leave between decode steps.
 
     Each row samples with its own generator seeded from `params.seed`, so a completion does not depend on
     which other prompts share the batch, and the caller may split a long list into batches as memory allows.
     (Padding changes matmul shapes, so a padded row can differ from `generate_ids` alone by float rounding;
     on the fp32 test model they are equal.) Text keeps the first token's leading space, as the prompt's
-    continuation (`TextStream` with the prompt as context).
+    continuation (`TextStream` with the prompt as context). `prefill(model, prompts) -> (Batch, logits
+    [B, 1, V])` replaces `batch.prefill`, e.g. with one that starts from a shared prefix's KV cache
+    (`camelid.eval.prefix.prefill_after`).
     """
     if not prompts:
         return []
@@ -100,7 +102,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], params: Samplin
     ids: list[list[int]] = [[] for _ in prompts]
     shown = [""] * len(prompts)
     reasons: list[str | None] = [None] * len(prompts)
-    batch, logits = B.prefill(model, [list(p) for p in prompts])
+    batch, logits = prefill(model, [list(p) for p in prompts])
     logits, rows = logits[:, -1, :], list(range(len(prompts)))
     while True:
         chosen = []

@@ -234,17 +234,30 @@ def _scratch_matrix(n_out: int, n_in: int, dtype: torch.dtype) -> torch.Tensor:
     return buf[:n_out * n_in].view(n_out, n_in)
 
 
+@dataclass(frozen=True)
+class Q4x8Route:
+    """What a q4x8 layer decides once, at load, rather than on every call (a lookup of each cost ~3 us per
+    call, 15 calls a token): the compiled module, and from how many rows the dense GEMM runs, in which dtype."""
+
+    ext: object  # the compiled q4x8 extension module
+    dense_from: int
+    bf16_gemm: bool
+
+
+def q4x8_route(dense_from: int | None = None) -> Q4x8Route:
+    return Q4x8Route(cpu_kernels.load_extension(), dense_from or dense_rows(), cpu_features().bf16_gemm)
+
+
 def q4x8_mm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, scaled_zeros: torch.Tensor, block: int,
-            dense_from: int | None = None) -> torch.Tensor:
+            route: Q4x8Route) -> torch.Tensor:
     """y = x @ W^T for x [rows, in]; fp32 from the integer path, the GEMM's dtype (bf16 or fp32) from the dense one."""
-    ext = cpu_kernels.load_extension()
-    if x.shape[0] >= (dense_from or dense_rows()):
+    if x.shape[0] >= route.dense_from:
         # bf16 activations stay bf16 where the GEMM is native; fp32 models get an exact fp32 GEMM.
-        dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and cpu_features().bf16_gemm else torch.float32
+        dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and route.bf16_gemm else torch.float32
         w = _scratch_matrix(weight.shape[0], weight.shape[1] * 2, dtype)
-        ext.q4_dequant(weight, scales, scaled_zeros, block, w)
+        route.ext.q4_dequant(weight, scales, scaled_zeros, block, w)
         return F.linear(x.to(dtype), w)
-    return ext.q4x8_mm(x.to(torch.float32).contiguous(), weight, scales, scaled_zeros, block)
+    return route.ext.q4x8_mm(x.to(torch.float32).contiguous(), weight, scales, scaled_zeros, block)
 
 
 def prepare_int8(w: GPTQWeight, device: torch.device, dtype: torch.dtype) -> dict:

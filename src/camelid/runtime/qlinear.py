@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camelid.runtime import kernels as K
+from camelid.runtime.hugepages import huge_page_copy
 
 
 class GPTQLinear(nn.Module):
@@ -27,6 +28,7 @@ class GPTQLinear(nn.Module):
             self.group_size = p["block"]
             self.register_buffer("scales", p["scales"])
             self.register_buffer("scaled_zeros", p["scaled_zeros"])
+            self.route = K.q4x8_route()
             self.compute_dtype = dtype
         elif kernel == "int4":
             p = K.prepare_int4(w, device)
@@ -43,7 +45,8 @@ class GPTQLinear(nn.Module):
             self.compute_dtype = dtype
         else:
             raise ValueError(f"unknown kernel {kernel!r}")
-        self.register_buffer("weight_packed", p["weight"])
+        # The packed weight is what every decode step streams from memory: on huge pages where the OS allows.
+        self.register_buffer("weight_packed", huge_page_copy(p["weight"]))
         # Dense weights carry the checkpoint's input order; the packed ones are sorted by group.
         perm = w.perm if kernel != "dense" else None
         self.register_buffer("perm", None if perm is None else perm.to(device))
@@ -59,7 +62,7 @@ class GPTQLinear(nn.Module):
             x = x.index_select(1, self.perm)
         kernel = self.kernel
         if kernel == "q4x8":
-            y = K.q4x8_mm(x, self.weight_packed, self.scales, self.scaled_zeros, self.group_size)
+            y = K.q4x8_mm(x, self.weight_packed, self.scales, self.scaled_zeros, self.group_size, self.route)
         elif kernel == "int4":
             y = K.int4_mm(x.contiguous(), self.weight_packed, self.group_size, self.scales_and_zeros)
         elif kernel == "int8":

@@ -62,21 +62,38 @@ class StopMatcher:
     def push(self, token_id: int, piece: str) -> str:
         if self.reason is not None:
             return ""
-        if token_id in self.eos_ids:  # the EOS token's own text is not part of the answer
-            self.reason = "eos_token"
+        cut = self._observe(token_id, piece)
+        if self.reason == "eos_token":  # the EOS token's own text is not part of the answer
             return self.flush()
+        if cut is not None:
+            return self._release(cut)
         if not self.strings:  # nothing to hold back or search for
             return piece
+        # Keep back the longest suffix that is a prefix of a stop string.
+        hold = max((k for s in self.strings for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text) - hold)
+
+    def decide(self, token_id: int, piece: str) -> None:
+        """Only whether this token ends the sequence (sets `reason`), for a caller that shows every token's text
+        itself (the server streams it as TGI does): no hold-back is worked out for text nobody reads."""
+        if self.reason is None:
+            self._observe(token_id, piece)
+
+    def _observe(self, token_id: int, piece: str) -> int | None:
+        """Take in one token and set `reason` if it ends the sequence; where the stop string begins, if one did."""
+        if token_id in self.eos_ids:
+            self.reason = "eos_token"
+            return None
+        if not self.strings:
+            return None
         start = len(self.text)
         self.text += piece
         # Only a stop string ending in the new piece can be new: search from where it could begin.
         cuts = [i for i in (self.text.find(s, max(0, start - len(s) + 1)) for s in self.strings) if i >= 0]
-        if cuts:
-            self.reason = "stop_sequence"
-            return self._release(min(cuts))
-        # Keep back the longest suffix that is a prefix of a stop string.
-        hold = max((k for s in self.strings for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        return self._release(len(self.text) - hold)
+        if not cuts:
+            return None
+        self.reason = "stop_sequence"
+        return min(cuts)
 
     def flush(self) -> str:
         """The held-back tail, once the sequence ended without a stop string (length, EOS)."""

@@ -3,6 +3,14 @@
 Requests map onto the same `GenerationRequest` and the same TGI rules as /generate, with OpenAI's
 conventions on top: temperature 0 means greedy and top_p 1 means off (as TGI's chat route does),
 stop sequences are cut from the returned text, and streams end with `data: [DONE]`.
+
+/v1/completions answers `logprobs` (0-5) and `echo` in OpenAI's legacy format (`tokens`, `token_logprobs`,
+`top_logprobs` as one {token text: logprob} dict per position, `text_offset` in characters from the
+start of the prompt), as OpenAI's API reference and vLLM's `serving_completion.py` do. A token's text is
+what it adds after the tokens before it (SentencePiece's leading space kept, so " A" is not "A"). With
+`echo` the prompt's tokens come first, their logprobs from the prefill (TGI's `decoder_input_details`);
+the first has none, and a prompt position's top dict holds its own token only (the scheduler's prefill
+reports no alternatives). Neither is offered on streams.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from camelid import __version__
+from camelid.runtime.detokenize import decode_generated
 from camelid.runtime.stops import StopMatcher, Stops, cut_at_stop
 from camelid.serve.engine import chat_stop_strings, render_chat
 from camelid.serve.gateway import (
@@ -28,7 +37,7 @@ from camelid.serve.gateway import (
     run_sequence,
     sse,
 )
-from camelid.serve.scheduler import Failed, Token
+from camelid.serve.scheduler import Failed, Prefill, Token
 from camelid.serve.validation import (
     GenerationRequest,
     ValidationError,
@@ -91,6 +100,7 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's legacy limit
 
 
 def to_generation(req: _Sampling, input_ids: list[int], max_tokens: int | None, state: ServerState, top_n=0):
@@ -134,11 +144,12 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise ValidationError("`prompt` must be one string")
-        if req.echo:
-            raise ValidationError("`echo` is not supported")
+        if req.stream and (req.echo or req.logprobs is not None):
+            raise ValidationError("`echo` and `logprobs` are not supported when streaming")
         ids = (await asyncio.to_thread(served.tokenizer, prompts[0]))["input_ids"]
         # OpenAI's default for this legacy route is 16 new tokens.
-        gen = to_generation(req, ids, req.max_tokens or 16, state)
+        gen = to_generation(req, ids, req.max_tokens or 16, state, req.logprobs or 0)
+        gen.decoder_input_details = req.echo and req.logprobs is not None
         return await _respond(state, request, req, gen, chat=False)
 
 
@@ -158,9 +169,13 @@ async def _respond(state: ServerState, request: Request, req: _Sampling, gen: Ge
         return EventStream(_stream(state, request, req, gen, chat, meta, permit), permit)
     try:
         tokens: list[Token] = []
+        prefill: list[tuple[int, str, float | None]] = []
         async for event in run_sequence(state, request, gen):
             if isinstance(event, Failed):
                 raise HTTPError(424, event.message, event.error_type, openai=True)
+            if isinstance(event, Prefill):
+                prefill = event.tokens
+                continue
             tokens.append(event)
         if not tokens or tokens[-1].done is None:
             return JSONResponse({}, status_code=499)  # the client is gone
@@ -170,7 +185,11 @@ async def _respond(state: ServerState, request: Request, req: _Sampling, gen: Ge
             choice = {"index": 0, "message": {"role": "assistant", "content": text}}
             choice["logprobs"] = {"content": [_logprob(t) for t in tokens]} if gen.top_n_tokens or req.logprobs else None
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
+            prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _legacy_logprobs(state.served.tokenizer, gen.input_ids, prefill, tokens, len(prompt))
+            choice = {"index": 0, "text": prompt + text if req.echo else text, "logprobs": logprobs}
         choice["finish_reason"] = FINISH[done.finish_reason]
         usage = {
             "prompt_tokens": done.input_length,
@@ -190,6 +209,42 @@ def _logprob(t: Token) -> dict:
         "bytes": list(t.text.encode()),
         "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode())} for _, s, lp in t.top],
     }
+
+
+def _token_text(tokenizer, special: set[int], context: list[int], token_id: int) -> str:
+    """What `token_id` adds to the text after `context`; a special token's own name (e.g. "</s>")."""
+    if token_id in special:
+        return tokenizer.convert_ids_to_tokens(token_id)
+    return decode_generated(tokenizer, context, [token_id])
+
+
+def _legacy_logprobs(tokenizer, prompt_ids: list[int], prefill: list, tokens: list[Token], prompt_chars: int) -> dict:
+    """OpenAI's completions `logprobs` object over the echoed prompt (`prefill`, empty without echo) and the
+    generated tokens. Where two tokens of a top list read the same, the likelier one is kept. Special
+    tokens (BOS, EOS) are not in the returned text, so they take no characters of `text_offset`."""
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    special = set(tokenizer.all_special_ids)
+    offset = 0 if prefill else prompt_chars
+
+    def add(token_id: int, text: str, logprob: float | None, top: dict | None) -> None:
+        nonlocal offset
+        out["tokens"].append(text)
+        out["token_logprobs"].append(logprob)
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += 0 if token_id in special else len(text)
+
+    for k, (token_id, _, logprob) in enumerate(prefill):
+        text = _token_text(tokenizer, special, prompt_ids[:k], token_id)
+        add(token_id, text, logprob, None if k == 0 else {text: logprob})
+    context = list(prompt_ids)
+    for t in tokens:
+        top: dict[str, float | None] = {}
+        for alt, _, lp in t.top:  # most likely first
+            top.setdefault(_token_text(tokenizer, special, context, alt), lp)
+        add(t.id, _token_text(tokenizer, special, context, t.id), t.logprob, top)
+        context.append(t.id)
+    return out
 
 
 async def _stream(state, request, req: _Sampling, gen: GenerationRequest, chat: bool, meta: dict, permit: Permit):

@@ -252,7 +252,7 @@ class Scheduler:
         top = [(i, tok.decode([i]), finite(lp)) for i, lp in choice.top]
         event = Token(choice.token_id, text, finite(choice.logprob), choice.token_id in self._special, top)
         # TGI streams every token's own text, the stop string included: only the decision is taken here.
-        seq.stops.push(choice.token_id, text)
+        seq.stops.decide(choice.token_id, text)
         reason = seq.stops.reason
         if reason is None and len(seq.generated) >= req.max_new_tokens:
             reason = "length"

@@ -10,6 +10,7 @@
   with `--judge-prompt`); the paper's judge was alpaca_farm's GPT-4 annotator, whose prompt is not shipped.
   The two outputs are shown in an order that alternates by a hash of the example id (the annotators
   randomise it too). The reply's first "Output (a)"/"Output (b)"/"tie" is the preference.
+- Records carry the judge's raw reply, its parsed verdict ("a", "b", "tie" or null) and the score.
 - Win rate (alpaca_farm `analysis.head2head_to_metrics`): model win 1, reference win 0, draw 0.5,
   unparseable judgements dropped; mean x 100.
 """
@@ -116,7 +117,8 @@ def score(backend, items, settings) -> list[dict]:
         reply = ask_judge(settings, template.format(instruction=it["instruction"], output_1=pair[0], output_2=pair[1]))
         pref = parse_preference(reply)
         win = None if pref is None else 0.5 if pref == "tie" else float((pref == "a") == model_first)
-        out.append({**it, "output": text, "judge_reply": reply, "model_first": model_first, "score": win})
+        out.append({**it, "output": text, "judge_reply": reply, "verdict": pref, "model_first": model_first,
+                    "score": win})
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 
 from camelid.errors import CamelidError
 from camelid.formats.gptq.pack import pack_qweight, pack_qzeros
+from camelid.formats.skipped import by_layer_suffix
 
 LAYER_PREFIX = re.compile(r"^model\.layers\.\d+\.")
 
@@ -56,20 +57,8 @@ def dynamic_excludes(skipped: list[str], layers: int) -> dict[str, dict]:
 
     A Linear name skipped in every layer becomes one rule on its suffix; others are named exactly.
     """
-    rules: dict[str, dict] = {}
-    by_suffix: dict[str, list[str]] = {}
-    for name in skipped:
-        m = re.match(r"model\.layers\.\d+\.(.+)$", name)
-        if m:
-            by_suffix.setdefault(m.group(1), []).append(name)
-        else:
-            rules[f"-:^{re.escape(name)}$"] = {}
-    for suffix, names in by_suffix.items():
-        if len(names) == layers:
-            rules[rf"-:.*\.{re.escape(suffix)}$"] = {}
-        else:
-            rules.update({f"-:^{re.escape(n)}$": {} for n in names})
-    return rules
+    return {(rf"-:.*\.{re.escape(name)}$" if is_suffix else f"-:^{re.escape(name)}$"): {}
+            for name, is_suffix in by_layer_suffix(skipped, layers)}
 
 
 def modules_in_block(skipped: list[str], groups: tuple[tuple[str, ...], ...]) -> list[list[str]] | None:
