@@ -83,16 +83,17 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, command: list[str] | None = None) -> dict:
     """Run one quantization in a subprocess: wall time, its CPU time (user+sys, which other load on
-    the machine inflates less than wall time), and its own peak RSS."""
+    the machine inflates less than wall time), and its own peak RSS. `command` (default: this script's
+    `--child` under this interpreter) gets the spec as JSON appended and must print a RESULT line."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(THREADS))
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)
+    argv = (command or [sys.executable, __file__, "--child"]) + [json.dumps(spec)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -110,8 +111,27 @@ def prefix_tokens(tok, text: str, n_tokens: int) -> str:
     return text[:cut]
 
 
+def camel_calibration(tok, nsamples: int, seq_len: int):
+    """The calibration token windows every camel45m run here gets: [nsamples, seq_len] of wikitext-2-v1 valid."""
+    from camelid.quant.calib import calibration_windows
+
+    return calibration_windows(tok, "wikitext2", SHARED / "eval" / "wikitext2" / "wikitext-2-v1.valid.tokens.txt",
+                               nsamples, seq_len, seed=0).contiguous()
+
+
+def eval_texts(tok, kl_windows: int, ppl_windows: int, seq_len: int) -> dict:
+    """The measured texts: GSM8K test (question, newline, answer, blank line) for KL/top-1 and
+    wiki.test.raw (GPTQ protocol) for perplexity, each cut to the prefix holding the asked windows."""
+    from camelid.eval.likelihood import read_gptq_text
+
+    gsm = [json.loads(x) for x in (SHARED / "eval" / "gsm8k" / "test.jsonl").read_text().splitlines() if x.strip()]
+    gsm_text = "".join(f"{r['question']}\n{r['answer']}\n\n" for r in gsm)
+    return {"kl": prefix_tokens(tok, gsm_text, kl_windows * seq_len),
+            "ppl": prefix_tokens(tok, read_gptq_text(SHARED / "eval" / "wikitext2" / "wiki.test.raw"),
+                                 ppl_windows * seq_len)}
+
+
 def evaluate(path: Path, fp_model, tok, texts: dict, seq_len: int) -> dict:
-    from camelid.eval.likelihood import kl_divergence, perplexity
     from camelid.formats import awq
     from camelid.formats.gptq.reader import dense_model
 
@@ -121,6 +141,13 @@ def evaluate(path: Path, fp_model, tok, texts: dict, seq_len: int) -> dict:
         model = camelid.load(path, device="cpu", dtype="float32", kernel="dense")[0]
     else:
         model = dense_model(path)
+    return measure(model, fp_model, tok, texts, seq_len)
+
+
+def measure(model, fp_model, tok, texts: dict, seq_len: int) -> dict:
+    """KL to fp and top-1 on texts["kl"], perplexity on texts["ppl"] (camelid.eval), of a loaded model."""
+    from camelid.eval.likelihood import kl_divergence, perplexity
+
     kl = kl_divergence(model, fp_model, tok, texts["kl"], seq_len=seq_len)
     ppl = perplexity(model, tok, texts["ppl"], seq_len=seq_len)
     return {"kl_mean": kl["kld_mean"], "top1_pct": kl["top1_agreement_pct"], "ppl_kl_text": kl["ppl"],
@@ -146,8 +173,6 @@ def main() -> int:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from camelid.eval.likelihood import read_gptq_text
-    from camelid.quant.calib import calibration_windows
     from camelid.tokenizer import load_tokenizer
 
     torch.set_num_threads(THREADS)
@@ -160,14 +185,8 @@ def main() -> int:
                      "calibration": f"{args.nsamples} x {seq} tokens, wikitext-2-v1 valid, seed 0", "rows": []}
     try:
         tok = load_tokenizer(CAMEL)
-        ids = calibration_windows(tok, "wikitext2", SHARED / "eval" / "wikitext2" / "wikitext-2-v1.valid.tokens.txt",
-                                  args.nsamples, seq, seed=0)
-        save_file({"ids": ids.contiguous()}, str(work / "calib.safetensors"))
-        gsm = [json.loads(x) for x in (SHARED / "eval" / "gsm8k" / "test.jsonl").read_text().splitlines() if x.strip()]
-        gsm_text = "".join(f"{r['question']}\n{r['answer']}\n\n" for r in gsm)
-        texts = {"kl": prefix_tokens(tok, gsm_text, args.kl_windows * seq),
-                 "ppl": prefix_tokens(tok, read_gptq_text(SHARED / "eval" / "wikitext2" / "wiki.test.raw"),
-                                      args.ppl_windows * seq)}
+        save_file({"ids": camel_calibration(tok, args.nsamples, seq)}, str(work / "calib.safetensors"))
+        texts = eval_texts(tok, args.kl_windows, args.ppl_windows, seq)
         results["eval"] = {"kl_text": f"GSM8K test, first {args.kl_windows} x {seq}-token windows",
                            "ppl_text": f"wiki.test.raw GPTQ protocol, first {args.ppl_windows} x {seq}-token windows"}
         fp = LlamaForCausalLM.from_pretrained(CAMEL, dtype=torch.float32).eval()
