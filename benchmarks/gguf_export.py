@@ -13,6 +13,7 @@ generator, `--layers` layers, 3 = 1.74 GB) with the LLaMA-2 tokenizer.model, exp
 The peaks of its anonymous (heap) and file-backed resident memory are sampled apart: llama.cpp's
 quantizer mmaps its F16 input and unmaps each tensor after quantizing it, so the file-backed part is
 clean page cache of the largest input tensor (the 262 MB embedding here), reclaimable by the kernel.
+The export never imports torch (checked: the child reports it), whose import alone is ~225 MB of RSS.
 
     CAMELID_SHARED_DATA=/work/shared/data PYTHONPATH=src python benchmarks/gguf_export.py [--rss]
 
@@ -148,6 +149,7 @@ def child(model: str, out: str, types: str) -> None:
     done.set()
     peak = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
     print("RESULT " + json.dumps({"export_s": time.perf_counter() - t0, "peak_rss_bytes": peak * 1024,
+                                  "torch_imported": "torch" in sys.modules,
                                   "peak_anon_bytes_sampled": peaks["RssAnon"], "peak_file_bytes_sampled": peaks["RssFile"],
                                   "files": {p.name: p.stat().st_size for p in paths}}), flush=True)
 

@@ -28,6 +28,26 @@ def test_sharded_roundtrip_streams_row_chunks(tmp_path):
     assert torch.equal(ckpt.read("w1", rows=slice(3, 9)), tensors["w1"][3:9])
 
 
+def test_read_float32_without_torch_equals_read(tmp_path):
+    # GGUF export reads through read_float32 (numpy only); every float type must give torch's values exactly.
+    tensors = {"h": torch.randn(9, 5, dtype=torch.float16), "b": torch.randn(9, 5).to(torch.bfloat16),
+               "f": torch.randn(9, 5), "d": torch.randn(3, dtype=torch.float64)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    ckpt = Checkpoint(tmp_path)
+    assert {k: ckpt.tensors[k].code for k in tensors} == {"h": "F16", "b": "BF16", "f": "F32", "d": "F64"}
+    for k, v in tensors.items():
+        got = ckpt.read_float32(k, rows=slice(2, 7) if v.dim() == 2 else None)
+        assert got.dtype.name == "float32"
+        assert torch.equal(torch.from_numpy(got), (v[2:7] if v.dim() == 2 else v).float())
+    torch.save({"x": tensors["b"]}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    ckpt = Checkpoint(tmp_path)
+    got = ckpt.read_float32("x", rows=slice(1, 3))
+    got[:] = 0  # a copy the caller owns: the cached .bin tensor is unchanged
+    assert ckpt.tensors["x"].code == "BF16" and torch.equal(ckpt.read("x"), tensors["b"])
+
+
 def test_writer_rejects_unplanned_and_missing(tmp_path):
     specs = [TensorSpec("a", torch.float32, (4,))]
     with pytest.raises(CheckpointError, match="not planned"):

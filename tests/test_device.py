@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from camelid.device import compute_dtype, resolve_device
-from camelid.dtypes import SAFETENSORS_DTYPES, SAFETENSORS_NAMES, parse_dtype
+from camelid.dtypes import SAFETENSORS_CODES, SAFETENSORS_DTYPES, SAFETENSORS_FLOATS, SAFETENSORS_NAMES, parse_dtype
 from camelid.errors import CamelidError
 
 
@@ -23,6 +23,9 @@ def test_unknown_dtype_is_a_clear_error_everywhere():
 def test_safetensors_tables_are_inverse():
     assert all(SAFETENSORS_DTYPES[code] is dtype for dtype, code in SAFETENSORS_NAMES.items())
     assert SAFETENSORS_NAMES[torch.bfloat16] == "BF16" and SAFETENSORS_DTYPES["I32"] is torch.int32
+    # the torch-free header facts (GGUF export reads checkpoints without torch) agree with torch's
+    assert all(SAFETENSORS_DTYPES[code].itemsize == size for code, (_, size) in SAFETENSORS_CODES.items())
+    assert SAFETENSORS_FLOATS == {code for code, dtype in SAFETENSORS_DTYPES.items() if dtype.is_floating_point}
 
 
 def test_one_device_rule():

@@ -132,6 +132,20 @@ def test_fp16_untied_model_is_copied_exactly(tmp_path, monkeypatch):
     assert "tokenizer.chat_template" not in f  # the model has none and none was asked for
 
 
+def test_export_runs_without_torch(tmp_path):
+    # Importing torch costs ~225 MB of RSS, more than a third of the export's memory target
+    # (benchmarks/gguf_export.py --rss): safetensors are read with numpy and torch is never imported.
+    import subprocess
+
+    code = ("import sys; from camelid.export import GGUFExport, export_gguf; "
+            f"export_gguf({str(STORIES)!r}, {str(tmp_path)!r}, GGUFExport(types=('f16', 'q8_0'))); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["False", "False"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stories260k.F16.gguf", "stories260k.Q8_0.gguf"]
+
+
 def test_permutation_is_llamas_interleaving():
     # One head of 4 rotary dims, HF order [x0, x1 | y0, y1] (rotate-half halves) -> GGML pairs x0 y0 x1 y1.
     w = np.arange(8, dtype=np.float32).reshape(4, 2)

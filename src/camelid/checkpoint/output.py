@@ -13,13 +13,17 @@ import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm.auto import tqdm
 
 from camelid.checkpoint.jsonio import read_json, write_json
-from camelid.checkpoint.writer import TensorSpec, save_sharded
 from camelid.errors import CamelidError, CheckpointError
+
+if TYPE_CHECKING:  # torch only where tensors are written: GGUF export uses the atomic helpers without it
+    import torch
+
+    from camelid.checkpoint.writer import TensorSpec
 
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -240,6 +244,8 @@ def _with_progress(chunks: Iterable[tuple[str, torch.Tensor]], total: int, desc:
 def single_threaded() -> Iterator[None]:
     """Streaming casts and adds are memory-bound: more threads only add synchronisation. On a busy
     2-core machine a 4M-element fp16->fp32 cast took 13 ms with 2 threads and 1.6 ms with one."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -255,6 +261,8 @@ def write_model_dir(out: str | Path, specs: Sequence[TensorSpec], chunks: Iterab
     files (tokenizer, generation config; later folders in `side_files_from` win) and a SHA-256 manifest.
     `inputs`: the folders read, which OUT may not overlap (see `check_output`).
     """
+    from camelid.checkpoint.writer import save_sharded
+
     out = Path(out)
     check_output(out, overwrite, inputs)
     total = sum(s.nbytes for s in specs)

@@ -3,6 +3,10 @@
 Reads go through short-lived file handles rather than one long-lived mmap: a mapping that stays
 open keeps every page it touched in the process' RSS, so streaming a 30 GB model through one would
 look (and, under memory pressure, behave) like loading it whole.
+
+Safetensors folders are opened and read without torch (`read_float32` gives numpy arrays): GGUF export
+needs nothing else, and importing torch alone costs ~225 MB of resident memory. `.bin` shards are
+pickles that only torch can read safely (`torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from camelid.checkpoint.jsonio import read_json
-from camelid.dtypes import SAFETENSORS_DTYPES
+from camelid.dtypes import SAFETENSORS_CODES, SAFETENSORS_FLOATS
 from camelid.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -83,14 +91,24 @@ def resolve_model_dir(path_or_repo: str | os.PathLike, revision: str | None = No
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    dtype: torch.dtype
+    code: str  # the safetensors dtype code ("F16", "BF16", "I32", ...; camelid.dtypes.SAFETENSORS_CODES)
     shape: tuple[int, ...]
     file: Path
     offset: int | None = None  # where the data starts in a safetensors file (None for .bin)
 
     @property
+    def dtype(self) -> torch.dtype:
+        from camelid.dtypes import SAFETENSORS_DTYPES
+
+        return SAFETENSORS_DTYPES[self.code]
+
+    @property
+    def is_float(self) -> bool:
+        return self.code in SAFETENSORS_FLOATS
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
+        return math.prod(self.shape) * SAFETENSORS_CODES[self.code][1]
 
 
 def _is_ints(value: object, length: int | None = None) -> bool:
@@ -124,10 +142,10 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
         if not isinstance(meta, dict) or not _is_ints(meta.get("shape")) or not _is_ints(meta.get("data_offsets"), 2):
             raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name} "
                                   "(shape and data_offsets must be lists of non-negative integers)")
-        if meta.get("dtype") not in SAFETENSORS_DTYPES:
+        if meta.get("dtype") not in SAFETENSORS_CODES:
             raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {meta.get('dtype')}")
         begin, stop = meta["data_offsets"]
-        info = TensorInfo(name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + n + begin)
+        info = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), file, 8 + n + begin)
         if stop - begin != info.nbytes or begin < 0:
             raise CheckpointError(f"{file}: corrupt safetensors header: tensor {name} has {stop - begin} bytes "
                                   f"for shape {list(info.shape)} ({info.nbytes} expected)")
@@ -142,6 +160,8 @@ def _safetensors_infos(file: Path) -> dict[str, TensorInfo]:
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     """Load a PyTorch .bin shard without ever running pickled code: plain tensors only."""
+    import torch
+
     try:
         # mmap needs the zip format (torch >= 1.6); older legacy files are read whole, as Transformers does
         zipped = zipfile.is_zipfile(file)
@@ -172,8 +192,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def _read_rows(info: TensorInfo, rows: slice | None) -> torch.Tensor:
-    """Rows of a safetensors tensor straight from the file into a new tensor: one copy, no mapping."""
+def _read_rows(info: TensorInfo, rows: slice | None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The bytes of rows of a safetensors tensor straight from the file into a new buffer (one copy, no
+    mapping), and the shape of those rows."""
     shape = list(info.shape)
     start = 0
     if rows is not None:
@@ -183,8 +204,7 @@ def _read_rows(info: TensorInfo, rows: slice | None) -> torch.Tensor:
         if step != 1:
             raise CheckpointError(f"reading every {step}th row of {info.name} is not supported")
         shape[0] = max(0, stop - start)
-    out = torch.empty(shape, dtype=info.dtype)
-    buf = out.reshape(-1).view(torch.uint8).numpy()
+    buf = np.empty(math.prod(shape) * SAFETENSORS_CODES[info.code][1], dtype=np.uint8)
     try:
         with open(info.file, "rb") as f:
             f.seek(info.offset + start * (info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0))
@@ -193,7 +213,16 @@ def _read_rows(info: TensorInfo, rows: slice | None) -> torch.Tensor:
         raise CheckpointError(f"missing weight file {info.file}") from e
     if got != buf.nbytes:
         raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name}")
-    return out
+    return buf, tuple(shape)
+
+
+def _float32(buf: np.ndarray, code: str) -> np.ndarray:
+    """Raw little-endian values of safetensors type `code` -> float32 (exact for F16, BF16 and F32)."""
+    if code == "BF16":  # bfloat16 is the top half of a float32
+        return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    if code in ("F16", "F32", "F64"):
+        return buf.view({"F16": "<f2", "F32": "<f4", "F64": "<f8"}[code]).astype(np.float32)
+    raise CheckpointError(f"tensors of type {code} cannot be read as float32 without torch")
 
 
 class Checkpoint:
@@ -212,7 +241,7 @@ class Checkpoint:
             if file.suffix == ".safetensors":
                 infos = _safetensors_infos(file)
             else:
-                infos = {k: TensorInfo(k, v.dtype, tuple(v.shape), file) for k, v in _load_bin(file).items()}
+                infos = {k: TensorInfo(k, _code(v.dtype, file, k), tuple(v.shape), file) for k, v in _load_bin(file).items()}
             for name in infos:
                 if name in self.tensors:
                     raise CheckpointError(f"tensor {name} appears in both {self.tensors[name].file} and {file}")
@@ -228,16 +257,35 @@ class Checkpoint:
 
     def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
         """Tensor `name` (or rows `rows` of it along dim 0), as a fresh tensor owned by the caller."""
+        info = self._info(name)
+        if info.offset is None:
+            return self._read_bin(info, rows).clone()
+        import torch
+
+        buf, shape = _read_rows(info, rows)
+        return torch.from_numpy(buf).view(info.dtype).reshape(shape)
+
+    def read_float32(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """Like `read`, as a float32 numpy array; torch is not imported for a safetensors file."""
+        info = self._info(name)
+        if info.offset is None:
+            import torch
+
+            return self._read_bin(info, rows).to(torch.float32, copy=True).numpy()
+        buf, shape = _read_rows(info, rows)
+        return _float32(buf, info.code).reshape(shape)
+
+    def _info(self, name: str) -> TensorInfo:
         try:
-            info = self.tensors[name]
+            return self.tensors[name]
         except KeyError:
             raise CheckpointError(f"{self.dir}: no tensor named {name}") from None
-        if info.offset is not None:
-            return _read_rows(info, rows)
+
+    def _read_bin(self, info: TensorInfo, rows: slice | None) -> torch.Tensor:
         if self._bin_cache is None or self._bin_cache[0] != info.file:
             self._bin_cache = (info.file, _load_bin(info.file))
-        t = self._bin_cache[1][name]
-        return (t if rows is None else t[rows]).clone()
+        t = self._bin_cache[1][info.name]
+        return t if rows is None else t[rows]
 
     def fingerprint(self, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
         """Identity of the weights, cheap whatever their size: the folder's SHA256SUMS.json when it has one,
@@ -263,6 +311,14 @@ class Checkpoint:
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors if names is None else names:
             yield name, self.read(name)
+
+
+def _code(dtype: torch.dtype, file: Path, name: str) -> str:
+    from camelid.dtypes import SAFETENSORS_NAMES
+
+    if dtype not in SAFETENSORS_NAMES:
+        raise CheckpointError(f"{file}: tensor {name} has unsupported dtype {dtype}")
+    return SAFETENSORS_NAMES[dtype]
 
 
 def row_slices(shape: tuple[int, ...], max_elems: int = 1 << 20) -> list[slice | None]:

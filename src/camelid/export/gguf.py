@@ -65,7 +65,7 @@ GGUF_TYPES: dict[str, GGUFType] = {t.name.lower(): t for t in (
 )}
 # llama-quantize's short names (tools/quantize/quantize.cpp QUANT_OPTIONS): "Q4_K" is an alias of Q4_K_M.
 _ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
-_LOSSLESS = {"torch.float16": "f16", "torch.bfloat16": "bf16"}  # K-quant input for such a source; else F32
+_LOSSLESS = {"F16": "f16", "BF16": "bf16"}  # K-quant input for a source of that safetensors type; else F32
 # llama.cpp's quantizer converts each tensor to f32 and quantizes it in slabs of rows below `max_buf_size`
 # (llama-quant.cpp, llama_model_quantize_impl); its default, 8 GiB, holds a whole 32000 x 4096 embedding
 # (524 MB of f32, 47 % of a 1.74 GB model's size at peak with its output buffer). 32 MiB slabs keep the
@@ -214,7 +214,7 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, settings: GGUF
             write_gguf(ckpt, tmp, t, vocab, name)
     kquants = [t for t in types if t.needs_llama_cpp]
     if kquants:
-        base = GGUF_TYPES[_LOSSLESS.get(str(_float_dtype(ckpt)), "f32")]
+        base = GGUF_TYPES[_LOSSLESS.get(_matrix_code(ckpt) or "", "f32")]
         source = paths.get(base.name)
         scratch = out / f".{gguf_file_name(name, base)}.kquant-source.partial"
         try:
@@ -229,7 +229,8 @@ def export_gguf(model: str | os.PathLike, out: str | os.PathLike, settings: GGUF
     return [paths[t.name] for t in types]
 
 
-def _float_dtype(ckpt: Checkpoint):
-    """The dtype of the model's matrices (the lossless GGUF type to hand llama.cpp's quantizer)."""
-    dtypes = {info.dtype for info in ckpt.tensors.values() if len(info.shape) == 2}
-    return dtypes.pop() if len(dtypes) == 1 else None
+def _matrix_code(ckpt: Checkpoint) -> str | None:
+    """The safetensors type of all the model's matrices, if one (the lossless GGUF type to hand llama.cpp's
+    quantizer)."""
+    codes = {info.code for info in ckpt.tensors.values() if len(info.shape) == 2}
+    return codes.pop() if len(codes) == 1 else None

@@ -84,8 +84,8 @@ def plan_tensors(ckpt: Checkpoint, want: gguf.GGMLQuantizationType) -> list[GGUF
         name = gguf_name(src)
         if name is None or (tied and name.startswith("output.")):  # tied head: llama.cpp reuses token_embd
             continue
-        if not info.dtype.is_floating_point:
-            raise CheckpointError(f"tensor {src} is {info.dtype}; GGUF export reads floating-point models "
+        if not info.is_float:
+            raise CheckpointError(f"tensor {src} is {info.code}; GGUF export reads floating-point models "
                                   "(export the fp16 model, not a quantized one)")
         n_head = next((n for suffix, n in heads.items() if src.endswith(suffix)), None)
         if n_head is not None and info.shape[0] % (2 * n_head):
@@ -126,7 +126,7 @@ def encoded_chunks(ckpt: Checkpoint, t: GGUFTensor) -> Iterator[np.ndarray]:
     """The GGUF data of `t`, read, permuted and encoded about 1M values at a time (bounded memory)."""
     head_rows = t.shape[0] // t.heads if t.heads else None
     for rows in _chunks(t):
-        x = ckpt.read(t.source, rows).float().numpy()
+        x = ckpt.read_float32(t.source, rows)
         if head_rows is not None:
             x = permute_rows(x, x.shape[0] // head_rows)
         yield encode(x, t.qtype)

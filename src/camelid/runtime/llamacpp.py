@@ -9,10 +9,12 @@ import os
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
-
-import torch
+from typing import TYPE_CHECKING
 
 from camelid.errors import CamelidError, CheckpointError
+
+if TYPE_CHECKING:  # torch only where logits are made: GGUF export calls require_llama_cpp without it
+    import torch
 
 
 def require_llama_cpp(what: str):
@@ -32,12 +34,16 @@ class LlamaCppLM:
     """A llama.cpp model evaluated window by window; the KV cache is cleared before each window."""
 
     def __init__(self, llm):
+        import torch
+
         self.llm = llm
         self.device = torch.device("cpu")
         trained = llm.metadata.get(f"{llm.metadata.get('general.architecture')}.context_length")
         self.config = SimpleNamespace(max_position_embeddings=int(trained or llm.n_ctx()))
 
     def __call__(self, input_ids: torch.Tensor, **_) -> SimpleNamespace:
+        import torch
+
         rows = []
         for ids in input_ids.tolist():
             self.llm.reset()  # the next eval drops every cached position from n_tokens = 0 on
