@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from camelid.device import compute_dtype, resolve_device
-from camelid.dtypes import SAFETENSORS_CODES, SAFETENSORS_DTYPES, SAFETENSORS_FLOATS, SAFETENSORS_NAMES, parse_dtype
+from camelid.dtypes import (
+    SAFETENSORS_CODES,
+    SAFETENSORS_DTYPES,
+    SAFETENSORS_FLOATS,
+    SAFETENSORS_NAMES,
+    parse_dtype,
+)
 from camelid.errors import CamelidError
 
 

@@ -132,6 +132,17 @@ def test_fp16_untied_model_is_copied_exactly(tmp_path, monkeypatch):
     assert "tokenizer.chat_template" not in f  # the model has none and none was asked for
 
 
+def test_planned_bytes_are_the_written_bytes(stories_ggufs):
+    # camelid release plans each GGUF file's size before writing it (the card's Size column, --plan)
+    from camelid.export.gguf import GGUF_TYPES, planned_file_bytes
+    from camelid.export.gguf_vocab import read_vocab
+
+    ckpt = Checkpoint(STORIES)
+    vocab = read_vocab(ckpt.dir, ckpt.config["vocab_size"], "tulu")
+    for t, path in stories_ggufs.items():
+        assert planned_file_bytes(ckpt, GGUF_TYPES[t], vocab, "stories260k") == path.stat().st_size, t
+
+
 def test_export_runs_without_torch(tmp_path):
     # Importing torch costs ~225 MB of RSS, more than a third of the export's memory target
     # (benchmarks/gguf_export.py --rss): safetensors are read with numpy and torch is never imported.

@@ -174,6 +174,13 @@ def test_duplicate_branch_and_impossible_group(tmp_path):
     cfg = json.loads((STORIES / "config.json").read_text())
     with pytest.raises(CamelidError, match="'main': --group-size 128 quantizes none of the Linears"):
         plan_release(cfg, resolve_rows(read_matrix(path), 512))
+    from camelid.release.variants import plan_awq
+
+    # the AWQ repository is checked by the same rule, with AWQ's format (stories260K: 64 and 172 inputs)
+    with pytest.raises(CamelidError, match="the AWQ repository: --group-size 128 quantizes none of the Linears.*"
+                                           "output size to be a multiple of 8"):
+        plan_awq(cfg, 128, "5GB")
+    assert plan_awq(cfg, 32, "5GB")["size_bytes"] > 0
 
 
 def test_seq_len_capped_to_context():

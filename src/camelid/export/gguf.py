@@ -142,15 +142,41 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: dict, name: str, file_type: gguf.Llam
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def write_gguf(ckpt: Checkpoint, path: Path, gtype: GGUFType, vocab, name: str) -> Path:
-    """One GGUF file of `ckpt` with every matrix in `gtype` (a type gguf-py writes), streamed."""
-    plan: list[GGUFTensor] = plan_tensors(ckpt, gtype.tensor_type)
+def _header_writer(ckpt: Checkpoint, plan: list[GGUFTensor], gtype: GGUFType, vocab, name: str) -> gguf.GGUFWriter:
+    """A GGUFWriter holding the file's key-values and tensor infos (not yet written)."""
     w = gguf.GGUFWriter(None, "llama")
     _add_metadata(w, ckpt.config, name, gtype.file_type)
     add_vocab(w, vocab)
     for t in plan:
         # With raw_dtype and a non-uint8 dtype the writer takes `shape` as the logical (element) shape.
         w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+    return w
+
+
+def _padded(n: int) -> int:
+    return -(-n // gguf.GGUF_DEFAULT_ALIGNMENT) * gguf.GGUF_DEFAULT_ALIGNMENT
+
+
+def planned_file_bytes(ckpt: Checkpoint, gtype: GGUFType, vocab, name: str) -> int:
+    """Bytes of the file `write_gguf` writes, before writing it: its header, key-values and tensor infos as
+    GGUFWriter lays them out (written to a scratch file), then each tensor's data padded to the alignment."""
+    import tempfile
+
+    plan = plan_tensors(ckpt, gtype.tensor_type)
+    w = _header_writer(ckpt, plan, gtype, vocab, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        w.write_header_to_file(Path(tmp) / "header.gguf")
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        head = w.fout[0].tell()
+        w.close()
+    return _padded(head) + sum(_padded(t.nbytes) for t in plan)
+
+
+def write_gguf(ckpt: Checkpoint, path: Path, gtype: GGUFType, vocab, name: str) -> Path:
+    """One GGUF file of `ckpt` with every matrix in `gtype` (a type gguf-py writes), streamed."""
+    plan: list[GGUFTensor] = plan_tensors(ckpt, gtype.tensor_type)
+    w = _header_writer(ckpt, plan, gtype, vocab, name)
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ from camelid.checkpoint.output import MANIFEST, atomic_output_dir, partial_dir, 
 from camelid.checkpoint.source import open_checkpoint
 from camelid.checkpoint.writer import TensorSpec
 from camelid.errors import CamelidError
+from camelid.formats import awq as awq_format
 from camelid.formats.gptq.config import QUANTIZER
 from camelid.quant.api import dataset_record
-from camelid.quant.settings import CalibSpec, RunOptions
+from camelid.quant.settings import CalibSpec, QuantParams, RunOptions
 from camelid.release.build import _finish_folder, _weights_digest, manifest_verifies
 from camelid.release.measure import measure_branch
-from camelid.release.plan import FP16, files_of, linear_dims, model_specs
+from camelid.release.plan import FP16, config_shapes, files_of, model_specs
 from camelid.release.siblings import Sibling
 
 # The weight files' metadata `camelid.quant.api.write_awq_checkpoint` writes (it decides the plan's header bytes).
@@ -51,20 +51,30 @@ class VariantJob:
 # files plus tensor headers (GGUF types gguf-py writes). llama.cpp's K-quant mixes pick a type per tensor
 # inside llama.cpp (llama-quant.cpp), so their size is known only once written.
 
+def awq_params(group_size: int) -> QuantParams:
+    """The AWQ repository's quantization (AutoAWQ's GEMM checkpoints: 4-bit, zero point, `group_size`)."""
+    return QuantParams(bits=AWQ_BITS, group_size=group_size, method="awq")
+
+
 def plan_awq(config: dict, group_size: int, max_shard_size: str) -> dict:
-    from camelid.formats import awq as awq_format
+    from camelid.quant.checks import check_run
+    from camelid.quant.methods import method_for
+
+    p = awq_params(group_size)
+    packable = method_for(p).packable
+    try:  # quantize's own rule for a group size that packs none of the Linears, as for the GPTQ rows
+        check_run(p, config_shapes(config), config["num_hidden_layers"], 0, 0, calibrated=False, packable=packable)
+    except CamelidError as e:
+        raise CamelidError(f"the AWQ repository: {e}") from None
 
     def pack(prefix: str, in_f: int, out_f: int) -> list[TensorSpec] | None:
-        if not awq_format.packable(in_f, out_f, group_size):
+        if not packable(in_f, out_f):
             return None
         groups, words = in_f // group_size, out_f // awq_format.PACK
         return [TensorSpec(f"{prefix}.qweight", torch.int32, (in_f, words)),
                 TensorSpec(f"{prefix}.qzeros", torch.int32, (groups, words)),
                 TensorSpec(f"{prefix}.scales", FP16, (groups, out_f))]
 
-    if all(not awq_format.packable(i, o, group_size) for i, o in linear_dims(config).values()):
-        raise CamelidError(f"AWQ group size {group_size} packs none of the model's Linears (in x out: "
-                           f"{', '.join(f'{i}x{o}' for i, o in sorted(set(linear_dims(config).values())))})")
     specs, skipped = model_specs(config, pack)
     files = files_of(specs, AWQ_METADATA, max_shard_size)
     return {"files": files, "size_bytes": sum(files.values()), "unquantized_linears": skipped}
@@ -79,36 +89,6 @@ def plan_fp16(source: Path, max_shard_size: str) -> dict:
     return {"files": files, "size_bytes": sum(files.values())}
 
 
-def gguf_file_bytes(ckpt, gtype, vocab, name: str) -> int:
-    """Bytes of the GGUF file camelid.export writes for a gguf-py type: header, key-values and tensor
-    infos as its GGUFWriter lays them out, then each tensor's data padded to the alignment."""
-    import gguf
-    import numpy as np
-
-    from camelid.export.gguf import _add_metadata
-    from camelid.export.gguf_tensors import plan_tensors
-    from camelid.export.gguf_vocab import add_vocab
-
-    plan = plan_tensors(ckpt, gtype.tensor_type)
-    w = gguf.GGUFWriter(None, "llama")
-    _add_metadata(w, ckpt.config, name, gtype.file_type)
-    add_vocab(w, vocab)
-    for t in plan:
-        w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        w.write_header_to_file(Path(tmp) / "header.gguf")
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        head = w.fout[0].tell()
-        w.close()
-    align = gguf.GGUF_DEFAULT_ALIGNMENT
-
-    def pad(n: int) -> int:
-        return -(-n // align) * align
-
-    return pad(head) + sum(pad(t.nbytes) for t in plan)
-
-
 def gguf_stem(base: str) -> str:
     """TheBloke's file names: the lower-cased model name (`zephyr-7b-beta.Q4_K_M.gguf`)."""
     return base.lower()
@@ -117,7 +97,7 @@ def gguf_stem(base: str) -> str:
 def plan_gguf(source: Path, types: tuple[str, ...], stem: str, chat_template: str | None) -> list[dict]:
     """One entry per type: file name and planned bytes (None for K-quant mixes). Fails before any work
     when llama-cpp-python is missing: every GGUF file is measured by llama.cpp, and K-quants are made by it."""
-    from camelid.export.gguf import check_llama, gguf_file_name, parse_types
+    from camelid.export.gguf import check_llama, gguf_file_name, parse_types, planned_file_bytes
     from camelid.export.gguf_vocab import read_vocab
     from camelid.runtime.llamacpp import require_llama_cpp
 
@@ -127,7 +107,7 @@ def plan_gguf(source: Path, types: tuple[str, ...], stem: str, chat_template: st
     cfg = check_llama(ckpt)
     vocab = read_vocab(ckpt.dir, cfg["vocab_size"], chat_template)
     return [{"type": t.name, "file": gguf_file_name(stem, t),
-             "planned_size_bytes": None if t.needs_llama_cpp else gguf_file_bytes(ckpt, t, vocab, stem)}
+             "planned_size_bytes": None if t.needs_llama_cpp else planned_file_bytes(ckpt, t, vocab, stem)}
             for t in gtypes]
 
 
@@ -164,9 +144,8 @@ def quantize_awq_variant(source: Path, out: Path, group_size: int, calib: CalibS
                          calibration: torch.Tensor) -> None:
     """The one call into AWQ: the layer loop's AWQ method, on the GPTQ `main` row's calibration windows."""
     from camelid.quant.api import quantize
-    from camelid.quant.settings import QuantParams
 
-    quantize(source, out, QuantParams(bits=AWQ_BITS, group_size=group_size, method="awq"), calib, options, calibration)
+    quantize(source, out, awq_params(group_size), calib, options, calibration)
 
 
 def _folder_variant(sib: Sibling, job: VariantJob, plan: dict, previous: dict | None,
