@@ -441,6 +441,8 @@ def test_suite_runs_the_columns_it_has_data_for(shared_data, stories_backend, tm
     assert suite["average"] == pytest.approx((suite["scores"]["MMLU 0-shot"] + five["metrics"]["score"]) / 2)
     assert not suite["average_complete"] and suite["skipped"]["AlpacaFarm vs Davinci-003"].startswith("no ")
     assert (tmp_path / "out" / "mmlu-0shot" / "results.json").exists()
+    # what the result measured, for a card's row (camelid release --performance FILE labels it so)
+    assert (suite["model"], suite["revision"], suite["backend"]["backend"]) == ("stories260K", None, "local")
 
 
 def test_temperature_is_refused_where_the_protocol_decodes_greedily():

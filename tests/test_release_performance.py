@@ -52,6 +52,17 @@ def _build(shared: Path, out: Path, suite: SuiteSpec) -> dict:
     return build_repositories(shared / "models" / "camel45m", out, rows, card, run=run, suite=suite)
 
 
+def test_attached_result_is_labelled_by_its_model(tmp_path):
+    from camelid.release.performance import read_attached
+
+    path = _attached(tmp_path)
+    assert read_attached(str(path))[0] == "allenai/tulu-7b"
+    assert read_attached(f"Tulu 7B={path}")[0] == "Tulu 7B"
+    suite = json.loads(path.read_text())
+    path.write_text(json.dumps({**suite, "model": str(tmp_path / "models" / "camel45m"), "revision": "gptq-4bit"}))
+    assert read_attached(str(path))[0] == "camel45m (gptq-4bit)"  # a local folder's name, never this machine's path
+
+
 def test_performance_table_for_source_branch_and_attached_result(shared_data, tmp_path, monkeypatch):
     out = tmp_path / "camel45m-GPTQ"
     suite = SuiteSpec(data=str(_eval_root(shared_data, tmp_path)), limit=2, attach=(str(_attached(tmp_path)),))

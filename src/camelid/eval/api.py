@@ -31,7 +31,7 @@ def open_backend(model: str, endpoint: str | None = None, api: str | None = None
     from camelid.runtime.load import load
 
     m, tok = load(model, revision=revision, device=device, dtype=dtype, kernel=kernel)
-    return LocalBackend(m, tok, name=str(model))
+    return LocalBackend(m, tok, name=str(model), revision=revision)
 
 
 def evaluate(backend, settings: EvalSettings, data: str | Path, out: str | Path | None = None,

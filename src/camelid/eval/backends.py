@@ -100,18 +100,18 @@ def _generate_local(model, tokenizer, prompts: list[list[int]], gen: GenerationS
 
 
 class LocalBackend:
-    def __init__(self, model, tokenizer, name: str = "") -> None:
+    def __init__(self, model, tokenizer, name: str = "", revision: str | None = None) -> None:
         from camelid.runtime.stops import eos_token_ids
 
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.model, self.tokenizer, self.name, self.revision = model, tokenizer, name, revision
         self.eos = eos_token_ids(model, tokenizer)
         self.context_limit = getattr(model.config, "max_position_embeddings", None)
         self._prefix = None  # the last shared prefix: a task's chunks (GSM8K, one BBH task) all start with it
 
     def describe(self) -> dict:
         p = next(self.model.parameters())
-        return {"backend": "local", "model": self.name, "dtype": str(p.dtype).removeprefix("torch."),
-                "device": str(p.device)}
+        return {"backend": "local", "model": self.name, "revision": self.revision,
+                "dtype": str(p.dtype).removeprefix("torch."), "device": str(p.device)}
 
     def generate(self, prompts, gen, seeds):
         ids = [prompt_ids(self.tokenizer, p) for p in prompts]

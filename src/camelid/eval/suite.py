@@ -67,18 +67,30 @@ def run_suite(backend, data_root: str | Path, base: EvalSettings, out: str | Pat
         results[column] = res
         scores[column] = res["metrics"]["score"]
     average, missing = card_average(scores)
-    return {"columns": [c for c, *_ in COLUMNS], "scores": scores, "average": average,
+    described = backend.describe()
+    # `model` and `revision` label the row where it is attached to a card (camelid release --performance)
+    return {"model": described.get("model"), "revision": described.get("revision"), "backend": described,
+            "columns": [c for c, *_ in COLUMNS], "scores": scores, "average": average,
             "average_complete": not missing, "skipped": skipped,
             "results": {c: r["metrics"] for c, r in results.items()}}
 
 
-def format_row(name: str, suite: dict) -> str:
-    """A Markdown header and row in the seeds' column order (the Average flagged if a column is missing)."""
-    cols = suite["columns"] + ["Average"]
+def table_header(columns: list[str]) -> str:
+    """The seeds' Markdown header: Model, the columns, Average."""
+    cols = ["Model", *columns, "Average"]
+    return "| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|"
+
+
+def table_row(name: str, suite: dict) -> str:
+    """One model's Markdown row under `table_header` (the Average flagged `*` if a column is missing)."""
     cells = ["-" if suite["scores"][c] is None else f"{suite['scores'][c]:.1f}" for c in suite["columns"]]
     avg = "-" if suite["average"] is None else f"{suite['average']:.1f}" + ("" if suite["average_complete"] else "*")
-    lines = ["| Model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
-             f"| {name} | " + " | ".join(cells + [avg]) + " |"]
+    return f"| {name} | " + " | ".join([*cells, avg]) + " |"
+
+
+def format_row(name: str, suite: dict) -> str:
+    """Header and row, and what a flagged Average is over."""
+    lines = [table_header(suite["columns"]), table_row(name, suite)]
     if not suite["average_complete"]:
         lines.append("* over the benchmarks measured; missing: " + ", ".join(
             f"{c} ({suite['skipped'].get(c, '')})" for c in suite["columns"] if suite["scores"][c] is None))

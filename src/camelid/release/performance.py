@@ -4,7 +4,7 @@ variant the release evaluated, and rows attached from earlier `camelid eval suit
 Suite runs are resumable twice over: each setting's per-example records live under
 OUT/.camelid/eval/<variant>/ (the eval runner skips finished examples), and a finished variant's row is
 kept in OUT/.camelid/eval/<variant>/suite.json with the key of what it measured (weights, data, limit).
-The row's cells and the header come from `camelid.eval.suite.format_row`, the one owner of that format.
+The header and the rows come from `camelid.eval.suite` (`table_header`, `table_row`), the one owner of that format.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def read_attached(item: str) -> tuple[str, dict]:
         raise CamelidError(f"--performance {path}: not a `camelid eval suite --json` result (no {', '.join(missing)})")
     if not sep:
         named = suite.get("model")
+        if named and (named.startswith((".", "~")) or Path(named).is_absolute()):
+            named = Path(named).name  # a local folder: its name, not this machine's path, goes on the card
         label = f"{named} ({suite['revision']})" if named and suite.get("revision") else named or path.stem
     return label, suite
 
@@ -91,11 +93,10 @@ def run_variant(label: str, model_dir: Path, weights_key: str, spec: SuiteSpec, 
 def performance_table(entries: list[tuple[str, dict]], limit: int | None, not_evaluated: str | None) -> dict | None:
     """What the cards' Performance section shows: the seeds' header, one row per evaluated model, and each
     column left empty with the reasons the suite gave."""
-    from camelid.eval.suite import format_row
+    from camelid.eval.suite import table_header, table_row
 
     if not entries:
         return None
-    lines = [format_row(label, suite).splitlines() for label, suite in entries]
     skipped: dict[str, list[str]] = {}
     for _, suite in entries:
         for column in suite["columns"]:
@@ -103,5 +104,6 @@ def performance_table(entries: list[tuple[str, dict]], limit: int | None, not_ev
                 why = _public(suite["skipped"].get(column, "not run"))
                 if why not in skipped.setdefault(column, []):
                     skipped[column].append(why)
-    return {"header": "\n".join(lines[0][:2]), "rows": [ln[2] for ln in lines], "limit": limit,
+    return {"header": table_header(entries[0][1]["columns"]), "rows": [table_row(label, suite) for label, suite in entries],
+            "limit": limit,
             "skipped": [(c, "; ".join(w)) for c, w in skipped.items()], "not_evaluated": not_evaluated}
