@@ -105,14 +105,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_card_code(text: str, cwd: Path) -> list[str]:
-    """Run every card block that uses camelid, as written, from `cwd` (where the release folder sits):
-    Python blocks in a fresh interpreter, `camelid ...` shell lines as commands; `camelid serve` is
-    started, asked for /health and /generate, then stopped (its --port swapped for a free one).
-    Returns the commands run."""
+def run_card_code(text: str, cwd: Path, libraries: tuple[str, ...] = ("camelid",)) -> list[str]:
+    """Run every card block that uses camelid (or another of `libraries`), as written, from `cwd` (where
+    the release folder sits): Python blocks in a fresh interpreter, `camelid ...` shell lines as commands;
+    `camelid serve` is started, asked for /health and /generate, then stopped (its --port swapped for a
+    free one). Returns the commands run."""
     ran = []
+    imports = re.compile(r"^(import|from) (" + "|".join(map(re.escape, libraries)) + r")\b", flags=re.M)
     for lang, code in card_blocks(text):
-        if lang == "python" and re.search(r"^(import|from) camelid\b", code, flags=re.M):
+        if lang == "python" and imports.search(code):
             proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                                   timeout=600, env=_env())
             assert proc.returncode == 0, f"card Python block failed:\n{code}\n{proc.stderr[-3000:]}"

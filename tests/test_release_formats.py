@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from release_helpers import assert_no_local_paths, card_table
+from release_helpers import assert_no_local_paths, card_table, run_card_code
 from test_release import DATA, STORIES
 from test_release_push import FakeHub
 
@@ -96,6 +96,29 @@ def test_one_folder_per_repository_and_plan_equals_bytes(release):
     assert_no_local_paths(release, STORIES.resolve(), release)
 
 
+def test_sibling_cards_code_runs_as_written(release, tmp_path):
+    # Each card's Python, as a user pastes it: the repo id resolves to the local folder (cwd/camelid-test/...),
+    # a GGUF file name to the file in the folder it was downloaded to. (vLLM and llama-cli are not installed.)
+    (tmp_path / "camelid-test").symlink_to(release)
+    ran = run_card_code((release / NAMES["fp16"] / "README.md").read_text(), tmp_path, ("camelid", "transformers"))
+    assert [r.split(": ", 1)[1] for r in ran] == ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                                                  "import camelid"]
+    gguf = run_card_code((release / NAMES["gguf"] / "README.md").read_text(), release / NAMES["gguf"], ("llama_cpp",))
+    assert gguf == ["python: from llama_cpp import Llama"]
+    # AWQ with 4-column groups (stories260K's 172-wide down_proj): GPTQModel's kernels refuse that group size,
+    # so the card offers camelid only and says why (a 32-group camelid AWQ in Transformers: test_awq_compat)
+    text = (release / NAMES["awq"] / "README.md").read_text()
+    assert "AutoModelForCausalLM" not in text and "take group sizes -1, 16, 32, 64, 128, and this one is 4" in text
+    assert run_card_code(text, tmp_path, ("camelid", "transformers")) == ["python: import camelid"]
+    from camelid.release.sibling_cards import render_awq
+    from camelid.release.siblings import Sibling
+
+    record = _siblings(release)["records"]["awq"]
+    g128 = render_awq(CARD, Sibling("awq", release / NAMES["awq"], REPO_IDS["awq"]),
+                      {**record, "params": {**record["params"], "group_size": 128}}, STORIES, {})
+    assert 'AutoModelForCausalLM.from_pretrained("camelid-test/stories260K-AWQ"' in g128
+
+
 def test_every_card_links_exactly_the_siblings_and_measures_every_row(release):
     records = _siblings(release)["records"]
     gptq = json.loads((release / NAMES["gptq"] / "release.json").read_text())
@@ -113,7 +136,7 @@ def test_every_card_links_exactly_the_siblings_and_measures_every_row(release):
     (row,) = _table(awq, "Branch")
     assert (row["Bits"], row["GS"], row["Size"]) == ("4", "4", f"{records['awq']['size_bytes'] / 1e6:.2f} MB")
     assert row["Top-1 %"] == f"{records['awq']['measured']['top1_agreement_pct']:.1f}"
-    assert "vllm serve camelid-test/stories260K-AWQ --quantization awq" in awq and "AutoModelForCausalLM" in awq
+    assert "vllm serve camelid-test/stories260K-AWQ --quantization awq" in awq
     assert json.loads((release / NAMES["awq"] / "config.json").read_text())["quantization_config"]["version"] == "gemm"
     # GGUF: the files table with the measured columns
     gguf = _table(cards["gguf"].read_text(), "Name")

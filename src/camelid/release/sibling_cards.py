@@ -41,6 +41,9 @@ GGUF_USE_CASE = {
     "Q6_K": "very large, extremely low quality loss",
     "Q8_0": "very large, extremely low quality loss - not recommended",
 }
+# The group sizes GPTQModel's AWQ kernels accept (Transformers 5 loads AWQ through them): its refusal for
+# another, with GPTQModel 7.6: "AwqTorchLinear only supports `[-1, 16, 32, 64, 128]` group_size".
+GPTQMODEL_AWQ_GROUP_SIZES = (-1, 16, 32, 64, 128)
 RAM_OVERHEAD = 2_500_000_000  # TheBloke's GGUF tables: Max RAM = file size + 2.50 GB on every row
 
 
@@ -87,7 +90,9 @@ def render_awq(info: CardInfo, sib: Sibling, record: dict, src: Path, extras: di
             "clip search) into AutoAWQ's GEMM layout.")
     return template_env().get_template("card_awq.md.j2").render(
         **_common(info, sib, src, sib.folder, extras, hub_datasets([c]), desc), row=row,
-        evaluation=evaluation_text(record["evaluation"]), ppl_reference=f"{record['measured']['ppl_reference']:.4f}")
+        evaluation=evaluation_text(record["evaluation"]), ppl_reference=f"{record['measured']['ppl_reference']:.4f}",
+        transformers_group_sizes=None if p["group_size"] in GPTQMODEL_AWQ_GROUP_SIZES else ", ".join(
+            map(str, GPTQMODEL_AWQ_GROUP_SIZES)))
 
 
 def render_fp16(info: CardInfo, sib: Sibling, record: dict, src: Path, extras: dict) -> str:
