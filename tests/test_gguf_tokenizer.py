@@ -17,14 +17,13 @@ import pytest
 pytest.importorskip("gguf", reason="GGUF export needs the gguf package (the gguf extra)")
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install 'camelid[gguf]')")
 
-import gguf  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 from helpers import STORIES  # noqa: E402
 from test_chat_templates import CODELLAMA_IDS, DIALOG  # noqa: E402
 
 from camelid.chat import apply_template, render_template  # noqa: E402
-from camelid.export.gguf import GGUF_TYPES, _add_metadata  # noqa: E402
-from camelid.export.gguf_vocab import add_vocab, read_vocab  # noqa: E402
+from camelid.export.gguf import GGUF_TYPES, _header_writer  # noqa: E402
+from camelid.export.gguf_vocab import read_vocab  # noqa: E402
 from camelid.tokenizer import load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.llamacpp
@@ -43,10 +42,8 @@ TULU_SIMPLE = [{"role": "user", "content": "Tell me a story.\nAbout a cat\n\nnam
 def vocab_gguf(model_dir, path):
     """A GGUF with camelid's metadata and vocabulary and no tensors."""
     cfg = json.loads((model_dir / "config.json").read_text())
-    w = gguf.GGUFWriter(str(path), "llama")
-    _add_metadata(w, cfg, "vocab", GGUF_TYPES["f16"].file_type)
-    add_vocab(w, read_vocab(model_dir, cfg["vocab_size"]))
-    w.write_header_to_file()
+    w = _header_writer(cfg, [], GGUF_TYPES["f16"], read_vocab(model_dir, cfg["vocab_size"]), "vocab")
+    w.write_header_to_file(path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     w.close()

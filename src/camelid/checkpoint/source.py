@@ -107,8 +107,12 @@ class TensorInfo:
         return self.code in SAFETENSORS_FLOATS
 
     @property
+    def itemsize(self) -> int:
+        return SAFETENSORS_CODES[self.code][1]
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * SAFETENSORS_CODES[self.code][1]
+        return math.prod(self.shape) * self.itemsize
 
 
 def _is_ints(value: object, length: int | None = None) -> bool:
@@ -204,7 +208,7 @@ def _read_rows(info: TensorInfo, rows: slice | None) -> tuple[np.ndarray, tuple[
         if step != 1:
             raise CheckpointError(f"reading every {step}th row of {info.name} is not supported")
         shape[0] = max(0, stop - start)
-    buf = np.empty(math.prod(shape) * SAFETENSORS_CODES[info.code][1], dtype=np.uint8)
+    buf = np.empty(math.prod(shape) * info.itemsize, dtype=np.uint8)
     try:
         with open(info.file, "rb") as f:
             f.seek(info.offset + start * (info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0))

@@ -177,7 +177,7 @@ def _needs_float64(base_ck: Checkpoint, tuned_ck: Checkpoint, infos: list[Tensor
             t = t.to(torch.float32)
             if name not in widen and _mismatches(add_diff(b, t - b), t)[0]:
                 widen.add(name)
-            bar.update(t.numel() * tuned_ck.tensors[name].dtype.itemsize)
+            bar.update(t.numel() * tuned_ck.tensors[name].itemsize)
     return widen
 
 

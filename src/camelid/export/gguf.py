@@ -142,10 +142,10 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: dict, name: str, file_type: gguf.Llam
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _header_writer(ckpt: Checkpoint, plan: list[GGUFTensor], gtype: GGUFType, vocab, name: str) -> gguf.GGUFWriter:
+def _header_writer(cfg: dict, plan: list[GGUFTensor], gtype: GGUFType, vocab, name: str) -> gguf.GGUFWriter:
     """A GGUFWriter holding the file's key-values and tensor infos (not yet written)."""
     w = gguf.GGUFWriter(None, "llama")
-    _add_metadata(w, ckpt.config, name, gtype.file_type)
+    _add_metadata(w, cfg, name, gtype.file_type)
     add_vocab(w, vocab)
     for t in plan:
         # With raw_dtype and a non-uint8 dtype the writer takes `shape` as the logical (element) shape.
@@ -163,7 +163,7 @@ def planned_file_bytes(ckpt: Checkpoint, gtype: GGUFType, vocab, name: str) -> i
     import tempfile
 
     plan = plan_tensors(ckpt, gtype.tensor_type)
-    w = _header_writer(ckpt, plan, gtype, vocab, name)
+    w = _header_writer(ckpt.config, plan, gtype, vocab, name)
     with tempfile.TemporaryDirectory() as tmp:
         w.write_header_to_file(Path(tmp) / "header.gguf")
         w.write_kv_data_to_file()
@@ -176,7 +176,7 @@ def planned_file_bytes(ckpt: Checkpoint, gtype: GGUFType, vocab, name: str) -> i
 def write_gguf(ckpt: Checkpoint, path: Path, gtype: GGUFType, vocab, name: str) -> Path:
     """One GGUF file of `ckpt` with every matrix in `gtype` (a type gguf-py writes), streamed."""
     plan: list[GGUFTensor] = plan_tensors(ckpt, gtype.tensor_type)
-    w = _header_writer(ckpt, plan, gtype, vocab, name)
+    w = _header_writer(ckpt.config, plan, gtype, vocab, name)
     w.write_header_to_file(path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()

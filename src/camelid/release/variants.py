@@ -84,7 +84,7 @@ def plan_fp16(source: Path, max_shard_size: str) -> dict:
     """`camelid.checkpoint.cast.convert(source, out, "float16")`'s files: the source's tensors in its order,
     floating point ones in fp16."""
     ckpt = open_checkpoint(source)
-    specs = [TensorSpec(t.name, FP16 if t.dtype.is_floating_point else t.dtype, t.shape) for t in ckpt.tensors.values()]
+    specs = [TensorSpec(t.name, FP16 if t.is_float else t.dtype, t.shape) for t in ckpt.tensors.values()]
     files = files_of(specs, None, max_shard_size)
     return {"files": files, "size_bytes": sum(files.values())}
 
