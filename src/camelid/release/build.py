@@ -50,7 +50,7 @@ class BranchJob:
     chat_template: str | None
 
 
-def _weights_digest(folder: Path) -> str:
+def weights_digest(folder: Path) -> str:
     """One hash of the branch's files other than the card (which is rewritten at the end of each build)."""
     sums = json.loads((folder / MANIFEST).read_text())
     return hashlib.sha256(json.dumps({k: v for k, v in sorted(sums.items()) if k not in CARD_FILES})
@@ -82,7 +82,7 @@ def _check_settings(folder: Path, row: Row) -> None:
         raise CamelidError(f"{folder} holds another variant ({diff}); delete it or rename the matrix row")
 
 
-def _finish_folder(folder: Path, chat_template: str | None) -> bool:
+def finish_folder(folder: Path, chat_template: str | None) -> bool:
     """What a branch needs beyond quantize's output: the prompt template and a generation config.
     Idempotent; returns whether it wrote anything."""
     from camelid.chat import TEMPLATES
@@ -115,7 +115,7 @@ def build_branch(job: BranchJob) -> dict:
         built = True
     _check_settings(folder, row)
     # quantize wrote the manifest of what it built: hash again only when the card files changed
-    if _finish_folder(folder, job.chat_template) or not (folder / MANIFEST).exists():
+    if finish_folder(folder, job.chat_template) or not (folder / MANIFEST).exists():
         write_manifest(folder)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
@@ -125,7 +125,7 @@ def build_branch(job: BranchJob) -> dict:
     return {"branch": row.branch, "params": asdict(row.params), "calibration": _calib_record(row),
             "description": row.description, "planned_size_bytes": job.plan.size_bytes,
             "size_bytes": sum(files.values()), "files": files, "unquantized_linears": list(job.plan.unquantized),
-            "measured": measured, "weights_sha256": _weights_digest(folder), "built": built,
+            "measured": measured, "weights_sha256": weights_digest(folder), "built": built,
             "quantize_seconds": round(seconds, 2), "quantize_cpu_seconds": round(cpu_seconds, 2),
             "measure_seconds": round(time.perf_counter() - t1, 2)}
 
@@ -227,7 +227,7 @@ def build_release(source: str | Path, out: str | Path, rows: list[Row], card: Ca
         folder = out / b
         prev = previous.get(b)
         if (prev is not None and folder.is_dir() and manifest_verifies(folder)
-                and prev.get("weights_sha256") == _weights_digest(folder)
+                and prev.get("weights_sha256") == weights_digest(folder)
                 and prev.get("evaluation") == record["evaluation"]):
             _check_settings(folder, plan.row)
             done[b] = prev | {"built": False}

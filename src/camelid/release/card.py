@@ -35,7 +35,7 @@ class CardInfo:
     description: str | None = None
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     """GB with two decimals as the published tables; MB for the small models that would all read 0.00 GB."""
     return f"{n / 1e9:.2f} GB" if n >= 10**8 else f"{n / 1e6:.2f} MB"
 
@@ -105,7 +105,7 @@ def prompt_info(tokenizer, template: str | None) -> dict | None:
             "file": "`tokenizer_config.json`" if template is None else "`chat_template.jinja`"}
 
 
-def _original_card(src: Path) -> str | None:
+def original_card_text(src: Path) -> str | None:
     path = src / CARD
     if not path.is_file():
         return None
@@ -159,7 +159,7 @@ def _rows(record: dict, repo: str, hub: bool) -> tuple[list[dict], list[str]]:
             desc += f" {n} Linear(s) whose shapes this group size cannot pack stay fp16."
         rows.append({"branch_link": link, "bits": p["bits"], "gs": "None" if p["group_size"] == -1 else p["group_size"],
                      "act": "Yes" if p["act_order"] else "No", "damp": p["damp"],
-                     "dataset": c.get("dataset_file") or c["dataset"], "seq_len": seq, "size": _size(b["size_bytes"]),
+                     "dataset": c.get("dataset_file") or c["dataset"], "seq_len": seq, "size": size_text(b["size_bytes"]),
                      "exllama": "Yes" if p["bits"] == 4 else "No", "kl": kl_text(m["kld_mean"]),
                      "top1": f"{m['top1_agreement_pct']:.1f}", "ppl": f"{m['ppl']:.4f}", "desc": desc})
     return rows, notes
@@ -207,7 +207,7 @@ def render_card(record: dict, src: Path, out: Path) -> str:
         local_dir=repo.split("/")[-1], example_prompt="Tell me about AI" if prompt else "Once upon a time",
         template_flag=f"--template {info.template} " if info.template else "",
         tgi=tgi_limits(int(config.get("max_position_embeddings", 2048))), compat=compat,
-        original_card=_original_card(src))
+        original_card=original_card_text(src))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

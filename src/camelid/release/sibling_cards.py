@@ -15,14 +15,14 @@ from camelid.release.card import (
     CARD,
     PLOT,
     CardInfo,
-    _original_card,
-    _size,
     evaluation_text,
     front_matter,
     hub_datasets,
     kl_text,
+    original_card_text,
     prompt_info,
     repository_lines,
+    size_text,
     template_env,
     write_text_atomic,
 )
@@ -67,14 +67,14 @@ def _common(info: CardInfo, sib: Sibling, src: Path, tokenizer_dir: Path, extras
             "original_url": f"https://huggingface.co/{info.original_repo}" if info.original_repo else None,
             "version": __version__, "description": description,
             "repositories": repository_lines(extras, info, (sib.format, sib.repo)), "prompt": prompt,
-            "performance": extras.get("performance"), "original_card": _original_card(src), "repo": sib.repo,
+            "performance": extras.get("performance"), "original_card": original_card_text(src), "repo": sib.repo,
             "hub": sib.hub, "example_prompt": "Tell me about AI" if prompt else "Once upon a time"}
 
 
 def _folder_row(sib: Sibling, record: dict) -> dict:
     m = record["measured"]
     return {"branch_link": f"[main](https://huggingface.co/{sib.repo}/tree/main)" if sib.hub else "main",
-            "size": _size(record["size_bytes"]), "kl": kl_text(m["kld_mean"]),
+            "size": size_text(record["size_bytes"]), "kl": kl_text(m["kld_mean"]),
             "top1": f"{m['top1_agreement_pct']:.1f}", "ppl": f"{m['ppl']:.4f}"}
 
 
@@ -107,8 +107,8 @@ def gguf_rows(sib: Sibling, record: dict) -> list[dict]:
     for f in record["files"]:
         link = f"[{f['file']}](https://huggingface.co/{sib.repo}/blob/main/{f['file']})" if sib.hub else f["file"]
         m = f["measured"]
-        rows.append({"name": link, "method": f["type"], "bits": gguf_bits(f["type"]), "size": _size(f["size_bytes"]),
-                     "ram": _size(f["size_bytes"] + RAM_OVERHEAD),
+        rows.append({"name": link, "method": f["type"], "bits": gguf_bits(f["type"]), "size": size_text(f["size_bytes"]),
+                     "ram": size_text(f["size_bytes"] + RAM_OVERHEAD),
                      "use_case": GGUF_USE_CASE.get(f["type"], "unquantised; the reference for the others"),
                      "kl": kl_text(m["kld_mean"]), "top1": f"{m['top1_agreement_pct']:.1f}"})
     return rows

@@ -27,7 +27,7 @@ from camelid.formats import awq as awq_format
 from camelid.formats.gptq.config import QUANTIZER
 from camelid.quant.api import dataset_record
 from camelid.quant.settings import CalibSpec, QuantParams, RunOptions
-from camelid.release.build import _finish_folder, _weights_digest, manifest_verifies
+from camelid.release.build import finish_folder, manifest_verifies, weights_digest
 from camelid.release.measure import measure_branch
 from camelid.release.plan import FP16, config_shapes, files_of, model_specs
 from camelid.release.siblings import Sibling
@@ -116,7 +116,7 @@ def plan_gguf(source: Path, types: tuple[str, ...], stem: str, chat_template: st
 def _kept(sib: Sibling, previous: dict | None, job: VariantJob) -> bool:
     """A finished sibling from an earlier run: its files verify and its record is of these files."""
     return (previous is not None and sib.folder.is_dir() and manifest_verifies(sib.folder)
-            and previous.get("weights_sha256") == _weights_digest(sib.folder)
+            and previous.get("weights_sha256") == weights_digest(sib.folder)
             and previous.get("evaluation") == job.eval_record)
 
 
@@ -126,13 +126,13 @@ def _discard_damaged(folder: Path) -> None:
 
 
 def _measured_folder(sib: Sibling, job: VariantJob, plan: dict, t0: float) -> dict:
-    if _finish_folder(sib.folder, job.chat_template) or not (sib.folder / MANIFEST).exists():
+    if finish_folder(sib.folder, job.chat_template) or not (sib.folder / MANIFEST).exists():
         write_manifest(sib.folder)
     seconds = time.perf_counter() - t0
     files = {p.name: p.stat().st_size for p in sorted(sib.folder.glob("*.safetensors"))}
     measured = measure_branch(sib.folder, job.source, job.eval_windows, _measure_device(job.options))
     return {"planned_size_bytes": plan["size_bytes"], "size_bytes": sum(files.values()), "files": files,
-            "measured": measured, "weights_sha256": _weights_digest(sib.folder), "build_seconds": round(seconds, 2),
+            "measured": measured, "weights_sha256": weights_digest(sib.folder), "build_seconds": round(seconds, 2),
             "evaluation": job.eval_record}
 
 
@@ -228,5 +228,5 @@ def build_gguf(sib: Sibling, job: VariantJob, types: tuple[str, ...], stem: str,
                   "evaluation": job.eval_record, "build_seconds": round(time.perf_counter() - t0, 2)}
         write_card(work, record)
         write_manifest(work)
-        record["weights_sha256"] = _weights_digest(work)
+        record["weights_sha256"] = weights_digest(work)
     return record | {"built": True}
